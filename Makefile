@@ -1,0 +1,53 @@
+# The README's two commands are `make demo` and `make test`; each installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: install demo test test-fast lint format typecheck bench browser-deps dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]" -e ./example_project
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python -m example_project.demo
+
+test: install
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+test-fast: install
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow and not browser"
+
+lint: install
+	$(BIN)/ruff format --check dagster_gptimage tests bench example_project
+	$(BIN)/ruff check dagster_gptimage tests bench example_project
+
+format: install
+	$(BIN)/ruff format dagster_gptimage tests bench example_project
+	$(BIN)/ruff check --fix dagster_gptimage tests bench example_project
+
+typecheck: install
+	$(BIN)/pyright dagster_gptimage
+
+bench: install
+	$(BIN)/python -m bench
+
+# Debian's Chromium for the UI test; best effort (needs root and apt), the test skips without it.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: the browser test will be skipped"; }
+
+dev: install
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache gptimage_store .dagster_home
