@@ -1,0 +1,297 @@
+"""Pillow helpers on bytes: decode-and-verify, preview thumbnails, input-image loading.
+
+Every image that enters (an input the user supplies) or leaves (a provider response) is fully decoded
+once: a truncated or corrupt file must fail here, with the field named, not later in a user's dataset.
+Pixel counts are checked from the header before decoding so a small file cannot expand into gigabytes
+(decompression bomb); Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` is left alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from dagster_gptimage.errors import InvalidImageError, InvalidRequestError, short_repr
+from dagster_gptimage.models import InputImage
+
+__all__ = [
+    "CONTENT_TYPES",
+    "EXTENSIONS",
+    "INPUT_FORMATS",
+    "MAX_IMAGE_PIXELS",
+    "MAX_INPUT_FILE_BYTES",
+    "ImageInfo",
+    "inspect_image",
+    "load_input_image",
+    "make_preview",
+    "preview_data_uri",
+    "read_size",
+]
+
+MAX_IMAGE_PIXELS = 2 * 8_294_400
+"""Twice the largest gpt-image-2 output (3840x2160): room for inputs, none for bombs."""
+
+MAX_INPUT_FILE_BYTES = 50 * 1024 * 1024
+"""The largest input image any provider accepts; bigger files are refused before being read."""
+
+EXTENSIONS: dict[str, str] = {
+    "png": "png",
+    "jpeg": "jpg",
+    "webp": "webp",
+    "gif": "gif",
+    "avif": "avif",
+}
+CONTENT_TYPES: dict[str, str] = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "avif": "image/avif",
+}
+INPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
+"""Formats the edits endpoint accepts as input images."""
+
+_PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif", "AVIF": "avif"}
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_PREVIEW_FORMAT = "webp" if features.check("webp") else "jpeg"
+
+
+def _pillow_formats() -> list[str]:
+    """The formats we decode that this Pillow build supports (AVIF needs Pillow >= 11.2)."""
+    Image.init()
+    return [name for name in _PIL_FORMATS if name in Image.OPEN]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What decoding an image revealed. ``format`` is one of :data:`EXTENSIONS`' keys."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+    has_alpha: bool
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+def _open(data: bytes, field: str) -> Image.Image:
+    """Open lazily (header only) and refuse unknown formats and oversized pixel counts."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidImageError(
+            f"{field}={short_repr(data)} is not image bytes. Accepted: bytes of a "
+            f"{', '.join(_PIL_FORMATS.values())} image",
+            field=field,
+            value=data,
+            accepted="image bytes",
+        )
+    if not data:
+        raise InvalidImageError(
+            f"{field} is empty (0 bytes). Accepted: a png, jpeg, webp, gif or avif image",
+            field=field,
+            value=b"",
+            accepted=tuple(_PIL_FORMATS.values()),
+        )
+    try:
+        image = Image.open(io.BytesIO(data), formats=_pillow_formats())
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        SyntaxError,
+        ValueError,
+    ) as error:
+        raise InvalidImageError(
+            f"{field} ({len(data)} bytes) is not a readable image: {error}. Accepted: a png, "
+            "jpeg, webp, gif or avif image",
+            field=field,
+            value=bytes(data[:16]),
+            accepted=tuple(_PIL_FORMATS.values()),
+        ) from error
+    width, height = image.size
+    if width <= 0 or height <= 0 or width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise InvalidImageError(
+            f"{field} declares {width}x{height} = {width * height:,} pixels; refusing to decode it. "
+            f"Accepted: at most {MAX_IMAGE_PIXELS:,} pixels",
+            field=field,
+            value=f"{width}x{height}",
+            accepted=f"at most {MAX_IMAGE_PIXELS:,} pixels",
+        )
+    return image
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
+def read_size(data: bytes, *, field: str = "image") -> tuple[int, int]:
+    """(width, height) from the header alone: cheap, for estimates. Does not verify the pixels."""
+    with _open(data, field) as image:
+        return image.size
+
+
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def _check_complete(fmt: str, data: bytes) -> None:
+    """Pillow decodes a PNG or GIF whose pixel data is complete even when the file's end was cut off
+    (the IEND chunk, the GIF trailer): a cut-off download must not pass as a whole image."""
+    if fmt == "png" and _PNG_END not in data[-64:]:
+        raise OSError("truncated PNG file: no IEND chunk at the end")
+    if fmt == "gif" and not bytes(data).rstrip(b"\0").endswith(b";"):
+        raise OSError("truncated GIF file: no trailer at the end")
+
+
+def inspect_image(data: bytes, *, field: str = "image") -> ImageInfo:
+    """Fully decode ``data`` and describe it; raise :class:`InvalidImageError` naming ``field`` for
+    anything that is not a complete png/jpeg/webp/gif/avif image within :data:`MAX_IMAGE_PIXELS`."""
+    image = _open(data, field)
+    try:
+        fmt = _PIL_FORMATS[str(image.format)]
+        image.load()
+        _check_complete(fmt, data)
+        return ImageInfo(
+            format=fmt,
+            width=image.width,
+            height=image.height,
+            mode=image.mode,
+            has_alpha=_has_alpha(image),
+        )
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        raise InvalidImageError(
+            f"{field} ({len(data)} bytes, {image.format} {image.width}x{image.height}) could not be "
+            f"decoded: {error}. Accepted: a complete, uncorrupted image",
+            field=field,
+            value=bytes(data[:16]),
+            accepted="a complete, uncorrupted image",
+        ) from error
+    finally:
+        image.close()
+
+
+def make_preview(data: bytes, *, max_side: int = 128) -> bytes:
+    """A small thumbnail (WebP, JPEG where Pillow lacks WebP) of a few KB for Dagster metadata.
+
+    Fast on 4K inputs: JPEG decodes at reduced scale via ``draft`` and other formats shrink with
+    ``reduce`` before the final resampling (``reducing_gap``)."""
+    source = _open(data, "image")
+    image: Image.Image = source
+    try:
+        if source.format == "JPEG":
+            source.draft("RGB", (max_side, max_side))
+        source.load()
+        image = ImageOps.exif_transpose(source) or source
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        mode = "RGBA" if _PREVIEW_FORMAT == "webp" and _has_alpha(image) else "RGB"
+        if image.mode != mode:
+            image = image.convert(mode)
+        out = io.BytesIO()
+        save_args: dict[str, Any] = {"quality": 70}
+        if _PREVIEW_FORMAT == "webp":
+            save_args["method"] = 4
+        else:
+            save_args["optimize"] = True
+        image.save(out, format=_PREVIEW_FORMAT.upper(), **save_args)
+        return out.getvalue()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise InvalidImageError(
+            f"image ({len(data)} bytes) could not be decoded for a preview: {error}",
+            field="image",
+            value=bytes(data[:16]),
+            accepted="a complete, uncorrupted image",
+        ) from error
+    finally:
+        source.close()
+
+
+def preview_data_uri(data: bytes, *, max_side: int = 128) -> str:
+    """``data:`` URI of :func:`make_preview`, ready for a Markdown ``![](...)`` in Dagster metadata."""
+    preview = make_preview(data, max_side=max_side)
+    return f"data:{CONTENT_TYPES[_PREVIEW_FORMAT]};base64,{base64.b64encode(preview).decode()}"
+
+
+def load_input_image(
+    source: bytes | str | os.PathLike[str] | InputImage, *, field: str
+) -> InputImage:
+    """An :class:`InputImage` from bytes or a local file path, decoded and verified.
+
+    The filename keeps the file's stem but takes the extension of the decoded format, and the content
+    type is the decoded one, so a mislabelled file is sent truthfully. Files above
+    :data:`MAX_INPUT_FILE_BYTES` are refused before being read.
+    """
+    if isinstance(source, InputImage):
+        data, stem = source.data, Path(source.filename).stem or field
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data, stem = bytes(source), _safe_stem(field)
+    elif isinstance(source, (str, os.PathLike)):
+        data = _read_file(source, field)
+        stem = _safe_stem(Path(os.fspath(source)).stem or field)
+    else:
+        raise InvalidRequestError(
+            f"{field}={short_repr(source)} is not an image. Accepted: bytes, a local file path "
+            "or an InputImage",
+            field=field,
+            value=source,
+            accepted="bytes, a local file path or an InputImage",
+        )
+    info = inspect_image(data, field=field)
+    if info.format not in INPUT_FORMATS:
+        raise InvalidImageError(
+            f"{field} is a {info.format} image. Accepted: {', '.join(INPUT_FORMATS)}",
+            field=field,
+            value=info.format,
+            accepted=INPUT_FORMATS,
+        )
+    return InputImage(
+        data=data, filename=f"{stem}.{info.extension}", content_type=info.content_type
+    )
+
+
+def _safe_stem(stem: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._")
+    return cleaned[:100] or "image"
+
+
+def _read_file(source: str | os.PathLike[str], field: str) -> bytes:
+    path = Path(os.fspath(source))
+    text = str(source)
+    if "://" in text:
+        raise InvalidRequestError(
+            f"{field}={short_repr(text)} looks like a URL. Accepted: bytes or a local file path "
+            "(download the image first)",
+            field=field,
+            value=text,
+            accepted="bytes or a local file path",
+        )
+    try:
+        size = path.stat().st_size
+        if size > MAX_INPUT_FILE_BYTES:
+            raise InvalidRequestError(
+                f"{field}={short_repr(text)} is {size:,} bytes. Accepted: at most "
+                f"{MAX_INPUT_FILE_BYTES:,} bytes",
+                field=field,
+                value=text,
+                accepted=f"at most {MAX_INPUT_FILE_BYTES:,} bytes",
+            )
+        return path.read_bytes()
+    except OSError as error:
+        raise InvalidRequestError(
+            f"{field}={short_repr(text)} cannot be read: {error.strerror or error}. Accepted: "
+            "bytes or the path of a readable local image file",
+            field=field,
+            value=text,
+            accepted="bytes or a readable local file path",
+        ) from error
