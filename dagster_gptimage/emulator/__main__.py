@@ -1,0 +1,77 @@
+"""``python -m dagster_gptimage.emulator``: serve the emulator on a loopback port."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from ._asgi import check_loopback, serve
+from ._config import FAULT_KINDS
+from ._core import Emulator
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dagster_gptimage.emulator",
+        description="Serve an offline emulator of the GPT image API (loopback only).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8089, help="0 picks a free port (default 8089)")
+    parser.add_argument("--profile", choices=("openai", "azure", "gateway"), default="openai")
+    parser.add_argument("--latency", type=float, dest="latency_s", help="fixed latency in seconds")
+    parser.add_argument("--latency-distribution", choices=("fixed", "lognormal"))
+    parser.add_argument("--latency-scale", type=float, help="multiplies lognormal latencies")
+    parser.add_argument("--latency-p50", type=float, dest="latency_p50_s")
+    parser.add_argument("--latency-p95", type=float, dest="latency_p95_s")
+    for name in (
+        "rate-limit",
+        "insufficient-quota",
+        "server-error",
+        "reset",
+        "truncate",
+        "timeout",
+        "moderation",
+    ):
+        parser.add_argument(f"--{name}-rate", type=float, help=f"probability of a {name} fault")
+    parser.add_argument(
+        "--retry-after", type=float, dest="retry_after_s", help="retry-after of 429s"
+    )
+    parser.add_argument("--hang", type=float, dest="hang_s", help="seconds a 'timeout' fault hangs")
+    parser.add_argument("--moderation-word", help="prompts containing it are blocked")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--no-auth", action="store_true", help="accept requests without credentials"
+    )
+    parser.add_argument("--azure-model", help="model behind Azure deployments")
+    parser.add_argument(
+        "--script", help=f"comma-separated faults for the first requests ({', '.join(FAULT_KINDS)})"
+    )
+    parser.add_argument("--log-level", default="info")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    options: dict[str, Any] = {
+        key: value
+        for key, value in vars(args).items()
+        if value is not None and key not in ("host", "port", "no_auth", "script", "log_level")
+    }
+    if args.no_auth:
+        options["require_auth"] = False
+    try:
+        check_loopback(args.host)
+        emulator = Emulator(**options)
+        if args.script:
+            emulator.script(kind.strip() for kind in args.script.split(",") if kind.strip())
+    except (ValueError, ValidationError) as error:
+        parser.error(str(error))
+    serve(emulator, args.host, args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()
