@@ -1,9 +1,94 @@
-"""dagster-gptimage: prompt tables to lineage-tracked, partitioned image datasets."""
+"""dagster-gptimage: prompt tables to lineage-tracked, partitioned image datasets.
+
+The public API is what this module exports; every other module is an implementation detail.
+"""
 
 from dagster_shared.libraries import DagsterLibraryRegistry
 
+from dagster_gptimage.assets import (
+    IMAGE_CHECK_NAME,
+    ImageAssetConfig,
+    image_edit_asset,
+    image_generation_asset,
+)
+from dagster_gptimage.client import GPTImageClient
+from dagster_gptimage.errors import (
+    AuthenticationError,
+    GPTImageError,
+    GPTImageTimeoutError,
+    InvalidImageError,
+    InvalidRequestError,
+    ModerationBlockedError,
+    ProviderError,
+    QuotaExceededError,
+    RateLimitError,
+)
+from dagster_gptimage.fingerprint import request_fingerprint
+from dagster_gptimage.models import (
+    EditRequest,
+    GeneratedImage,
+    GenerateRequest,
+    ImageParams,
+    ImageRequest,
+    ImageResult,
+    InputImage,
+    Provider,
+    Usage,
+)
+from dagster_gptimage.pricing import (
+    DEFAULT_PRICES,
+    ModelPrices,
+    PriceTable,
+    cost_of_usage,
+    estimate_cost,
+)
+from dagster_gptimage.prompts import PromptRow, PromptTable, PromptTableError
+from dagster_gptimage.resource import GPTImageResource
+from dagster_gptimage.sensors import prompt_table_sensor
+from dagster_gptimage.storage import ImageRecord, ImageStore, SourceImage
+from dagster_gptimage.validation import validate_request
 from dagster_gptimage.version import __version__
 
 DagsterLibraryRegistry.register("dagster-gptimage", __version__, is_dagster_package=False)
 
-__all__ = ["__version__"]
+__all__ = [
+    "DEFAULT_PRICES",
+    "IMAGE_CHECK_NAME",
+    "AuthenticationError",
+    "EditRequest",
+    "GPTImageClient",
+    "GPTImageError",
+    "GPTImageResource",
+    "GPTImageTimeoutError",
+    "GenerateRequest",
+    "GeneratedImage",
+    "ImageAssetConfig",
+    "ImageParams",
+    "ImageRecord",
+    "ImageRequest",
+    "ImageResult",
+    "ImageStore",
+    "InputImage",
+    "InvalidImageError",
+    "InvalidRequestError",
+    "ModelPrices",
+    "ModerationBlockedError",
+    "PriceTable",
+    "PromptRow",
+    "PromptTable",
+    "PromptTableError",
+    "Provider",
+    "ProviderError",
+    "QuotaExceededError",
+    "RateLimitError",
+    "SourceImage",
+    "Usage",
+    "__version__",
+    "cost_of_usage",
+    "estimate_cost",
+    "image_edit_asset",
+    "image_generation_asset",
+    "prompt_table_sensor",
+    "request_fingerprint",
+    "validate_request",
+]
