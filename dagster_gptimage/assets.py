@@ -1,0 +1,489 @@
+"""Asset factories: a prompt table becomes a partitioned image asset; image assets become edits.
+
+``image_generation_asset`` makes one partition per prompt-table row; ``image_edit_asset`` makes one
+partition per partition of its source image assets (identity mapping) and sends their stored images
+as the edit's inputs. Both store images with the ``ImageStore`` resource (not an IO manager), record
+per-partition metadata and data versions, carry the ``image_valid`` asset check, and materialize a
+whole partition range in one run (``BackfillPolicy.single_run()`` by default) with requests in
+flight concurrently. See ``_backfill`` for the run body.
+
+Implementation note: the assets are ``multi_asset``s with a single ``AssetSpec`` and
+``can_subset=True`` so that the ``image_valid`` check can run alone, re-verifying stored images
+without regenerating them.
+"""
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field
+
+from dagster_gptimage._backfill import ImageJob, run_image_asset
+from dagster_gptimage._checks import CHECK_NAME, check_spec
+from dagster_gptimage.errors import InvalidRequestError
+from dagster_gptimage.images import load_input_image
+from dagster_gptimage.models import MODEL_SPECS, ImageParams
+from dagster_gptimage.prompts import PromptTable, PromptTableError
+from dagster_gptimage.storage import redact_url
+
+__all__ = [
+    "IMAGE_CHECK_NAME",
+    "ImageAssetConfig",
+    "image_edit_asset",
+    "image_generation_asset",
+]
+
+IMAGE_CHECK_NAME = CHECK_NAME
+"""Name of the asset check every image asset carries."""
+
+Partitioning = Literal["static", "dynamic"]
+
+_KINDS = {"openai", "image"}
+_JOBS: dict[dg.AssetKey, ImageJob] = {}
+_PARTITIONS: dict[dg.AssetKey, dg.PartitionsDefinition] = {}
+
+
+class ImageAssetConfig(dg.Config):
+    """Run configuration of an image asset."""
+
+    force: bool = Field(
+        default=False,
+        description=(
+            "Regenerate every partition of the run even when a stored image was made by the same "
+            "request (this pays again)."
+        ),
+    )
+
+
+def _image_job(asset: dg.AssetsDefinition | dg.AssetKey) -> ImageJob | None:
+    """The definition-time description of an image asset made by this module (for the sensor)."""
+    key = asset if isinstance(asset, dg.AssetKey) else asset.key
+    return _JOBS.get(key)
+
+
+def _asset_key(name: str, key_prefix: str | Sequence[str] | None) -> dg.AssetKey:
+    prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
+    return dg.AssetKey([*prefix, name])
+
+
+def _defaults(**params: Any) -> dict[str, Any]:
+    """Asset-level request defaults: only what the user set (None means "not set")."""
+    return {name: value for name, value in params.items() if value is not None}
+
+
+def _load_time_params(defaults: Mapping[str, Any], *, what: str) -> ImageParams:
+    try:
+        return ImageParams(**defaults)
+    except InvalidRequestError as error:
+        raise InvalidRequestError(
+            f"{what}: {error.message}",
+            field=error.field,
+            value=error.value,
+            accepted=error.accepted,
+        ) from error
+
+
+def _validate_rows(
+    table: PromptTable, defaults: Mapping[str, Any], *, edit: bool, what: str
+) -> None:
+    """Validate every row at definition load time, so a bad row fails ``dagster definitions
+    validate`` rather than a run.
+
+    Without an asset-level ``model`` the resource decides the model at run time, so the table passes
+    if it is valid for at least one model (the run validates again with the real model and provider).
+    """
+    if "model" in defaults:
+        table.validate(_load_time_params(defaults, what=what), provider=None, edit=edit)
+    else:
+        first_error: PromptTableError | None = None
+        for model in (ImageParams.model_fields["model"].default, *MODEL_SPECS):
+            try:
+                table.validate(
+                    _load_time_params({**defaults, "model": model}, what=what),
+                    provider=None,
+                    edit=edit,
+                )
+                break
+            except PromptTableError as error:
+                first_error = first_error or error
+        else:
+            assert first_error is not None
+            raise first_error
+    bad_n = [row.key for row in table if row.params.get("n", defaults.get("n", 1)) != 1]
+    if bad_n:
+        raise InvalidRequestError(
+            f"{what}: n must be 1 (an image asset stores one image per partition); rows with another "
+            f"n: {', '.join(bad_n[:20])}",
+            field="n",
+            value=bad_n,
+            accepted="1",
+        )
+
+
+def _validate_fixed_prompt(prompt: str, defaults: Mapping[str, Any], *, what: str) -> None:
+    from dagster_gptimage import validation
+
+    errors: list[InvalidRequestError] = []
+    models = [defaults["model"]] if "model" in defaults else list(MODEL_SPECS)
+    for model in models:
+        try:
+            params = _load_time_params({**defaults, "model": model}, what=what)
+            validation.validate_params(params, provider=None, edit=True)
+            validation.validate_prompt(prompt)
+            return
+        except InvalidRequestError as error:
+            errors.append(error)
+    first = errors[0]
+    raise InvalidRequestError(
+        f"{what}: {first.message}", field=first.field, value=first.value, accepted=first.accepted
+    )
+
+
+def _partitions(
+    keys: Sequence[str], partitioning: Partitioning, asset_key: dg.AssetKey
+) -> dg.PartitionsDefinition:
+    if partitioning == "static":
+        return dg.StaticPartitionsDefinition(list(keys))
+    if partitioning == "dynamic":
+        return dg.DynamicPartitionsDefinition(name=f"gptimage__{asset_key.to_python_identifier()}")
+    raise ValueError(f"partitioning={partitioning!r}; accepted: 'static' or 'dynamic'")
+
+
+def _backfill_policy(max_partitions_per_run: int | None) -> dg.BackfillPolicy:
+    if max_partitions_per_run is None:
+        return dg.BackfillPolicy.single_run()
+    if max_partitions_per_run < 1:
+        raise ValueError(f"max_partitions_per_run={max_partitions_per_run!r} must be >= 1 or None")
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run)
+
+
+def _check_budget(max_cost_usd: float | None) -> None:
+    if max_cost_usd is not None and not max_cost_usd >= 0:
+        raise ValueError(f"max_cost_usd={max_cost_usd!r} must be >= 0 or None")
+
+
+def _build(
+    job: ImageJob,
+    *,
+    partitions_def: dg.PartitionsDefinition,
+    deps: Sequence[dg.AssetKey],
+    description: str,
+    metadata: Mapping[str, Any],
+    group_name: str | None,
+    automation_condition: dg.AutomationCondition | None,
+    tags: Mapping[str, str] | None,
+    owners: Sequence[str] | None,
+    pool: str | None,
+    code_version: str | None,
+    max_partitions_per_run: int | None,
+) -> dg.AssetsDefinition:
+    spec = dg.AssetSpec(
+        job.asset_key,
+        deps=[dg.AssetDep(key) for key in deps],
+        description=description,
+        metadata=metadata,
+        skippable=True,
+        group_name=group_name,
+        code_version=code_version,
+        automation_condition=automation_condition,
+        owners=owners,
+        tags=tags,
+        kinds=_KINDS,
+    )
+
+    @dg.multi_asset(
+        name=job.asset_key.to_python_identifier(),
+        specs=[spec],
+        check_specs=[check_spec(job.asset_key)],
+        partitions_def=partitions_def,
+        backfill_policy=_backfill_policy(max_partitions_per_run),
+        can_subset=True,
+        required_resource_keys={job.resource_key, job.store_key},
+        pool=pool,
+    )
+    def _image_asset(context: dg.AssetExecutionContext, config: ImageAssetConfig):
+        # No return annotation: Dagster reads it as the type of the op's (several) outputs.
+        yield from run_image_asset(context, job, force=config.force)
+
+    _JOBS[job.asset_key] = job
+    _PARTITIONS[job.asset_key] = partitions_def
+    return _image_asset
+
+
+def image_generation_asset(
+    *,
+    name: str,
+    prompts: PromptTable,
+    key_prefix: str | Sequence[str] | None = None,
+    group_name: str | None = None,
+    description: str | None = None,
+    size: str | None = None,
+    quality: str | None = None,
+    output_format: str | None = None,
+    output_compression: int | None = None,
+    background: str | None = None,
+    moderation: str | None = None,
+    model: str | None = None,
+    partitioning: Partitioning = "static",
+    max_partitions_per_run: int | None = None,
+    max_cost_usd: float | None = None,
+    resource_key: str = "gptimage",
+    store_key: str = "image_store",
+    automation_condition: dg.AutomationCondition | None = None,
+    tags: Mapping[str, str] | None = None,
+    owners: Sequence[str] | None = None,
+    pool: str | None = None,
+    code_version: str | None = None,
+) -> dg.AssetsDefinition:
+    """A partitioned image asset with one partition per row of ``prompts`` (key = partition key).
+
+    Request parameters given here are the defaults; a table column named like a request field
+    overrides them per row; ``model=None`` uses the resource's model. Every row is validated now, so a
+    bad row fails ``dagster definitions validate``.
+
+    ``partitioning="dynamic"`` uses a ``DynamicPartitionsDefinition`` filled by
+    ``prompt_table_sensor(asset)`` from the re-read table (no code reload needed). A run materializes
+    its whole partition range (``max_partitions_per_run`` splits backfills), reuses stored images made
+    by the same request (run config ``force: true`` regenerates) and refuses to pass ``max_cost_usd``.
+    Images go to the ``ImageStore`` under ``store_key``; the asset has no IO-manager output, so
+    downstream assets read images from the store (as ``image_edit_asset`` does).
+    """
+    asset_key = _asset_key(name, key_prefix)
+    what = f"image asset {asset_key.to_user_string()}"
+    _check_budget(max_cost_usd)
+    defaults = _defaults(
+        model=model,
+        size=size,
+        quality=quality,
+        output_format=output_format,
+        output_compression=output_compression,
+        background=background,
+        moderation=moderation,
+    )
+    _validate_rows(prompts, defaults, edit=False, what=what)
+    partitions_def = _partitions(prompts.keys, partitioning, asset_key)
+    job = ImageJob(
+        asset_key=asset_key,
+        kind="generate",
+        prompts=prompts,
+        prompt=None,
+        defaults=defaults,
+        max_cost_usd=max_cost_usd,
+        resource_key=resource_key,
+        store_key=store_key,
+        dynamic=partitioning == "dynamic",
+        code_version=code_version,
+    )
+    return _build(
+        job,
+        partitions_def=partitions_def,
+        deps=(),
+        description=description or prompts.description,
+        metadata={
+            "prompt_table": dg.MetadataValue.text(prompts.source or "in-memory records"),
+            "prompt_rows": dg.MetadataValue.int(len(prompts)),
+            "image_defaults": dg.MetadataValue.json(defaults),
+            "partitioning": dg.MetadataValue.text(partitioning),
+        },
+        group_name=group_name,
+        automation_condition=automation_condition,
+        tags=tags,
+        owners=owners,
+        pool=pool,
+        code_version=code_version,
+        max_partitions_per_run=max_partitions_per_run,
+    )
+
+
+def _source_partitions(
+    sources: Sequence[dg.AssetsDefinition | dg.AssetKey | str],
+    partitions_def: dg.PartitionsDefinition | None,
+    *,
+    what: str,
+) -> tuple[list[dg.AssetKey], dg.PartitionsDefinition]:
+    """Source keys and their shared partitions definition (identity mapping needs one)."""
+    if not sources:
+        raise ValueError(f"{what}: sources is empty; give at least one upstream image asset")
+    keys: list[dg.AssetKey] = []
+    found: list[tuple[dg.AssetKey, dg.PartitionsDefinition | None]] = []
+    for source in sources:
+        if isinstance(source, dg.AssetsDefinition):
+            if len(source.keys) != 1:
+                raise ValueError(
+                    f"{what}: source {source.node_def.name!r} defines {len(source.keys)} assets; "
+                    "pass the AssetKey of the image asset instead"
+                )
+            key = source.key
+            found.append((key, source.partitions_def))
+        else:
+            key = (
+                source if isinstance(source, dg.AssetKey) else dg.AssetKey.from_user_string(source)
+            )
+            if key in _PARTITIONS:
+                found.append((key, _PARTITIONS[key]))
+        keys.append(key)
+    if partitions_def is not None:
+        found.insert(0, (keys[0], partitions_def))
+    if not found:
+        raise ValueError(
+            f"{what}: cannot tell the partitions of source {keys[0].to_user_string()}; pass the "
+            "AssetsDefinition returned by image_generation_asset/image_edit_asset, or partitions_def="
+        )
+    first_key, first_def = found[0]
+    for key, other in found:
+        if other is None:
+            raise ValueError(
+                f"{what}: source {key.to_user_string()} is not partitioned; edit assets map "
+                "partitions one to one and need partitioned image sources"
+            )
+        if other != first_def:
+            raise ValueError(
+                f"{what}: all sources must share one partitions definition (identity mapping), but "
+                f"{key.to_user_string()} differs from {first_key.to_user_string()}"
+            )
+    assert first_def is not None
+    return keys, first_def
+
+
+def _local_mask(mask: str, *, what: str) -> str:
+    """A fixed local mask is checked now (exists, is an image); URLs are read at run time."""
+    if "://" in mask or "::" in mask:
+        return mask
+    path = os.path.abspath(os.path.expanduser(mask))
+    try:
+        load_input_image(path, field="mask")
+    except InvalidRequestError as error:
+        raise InvalidRequestError(
+            f"{what}: {error.message}", field="mask", value=mask, accepted=error.accepted
+        ) from error
+    return path
+
+
+def image_edit_asset(
+    *,
+    name: str,
+    sources: Sequence[dg.AssetsDefinition | dg.AssetKey | str],
+    prompt: str | None = None,
+    prompts: PromptTable | None = None,
+    mask: str | None = None,
+    mask_column: str | None = None,
+    key_prefix: str | Sequence[str] | None = None,
+    group_name: str | None = None,
+    description: str | None = None,
+    size: str | None = None,
+    quality: str | None = None,
+    output_format: str | None = None,
+    output_compression: int | None = None,
+    background: str | None = None,
+    moderation: str | None = None,
+    input_fidelity: str | None = None,
+    model: str | None = None,
+    partitions_def: dg.PartitionsDefinition | None = None,
+    max_partitions_per_run: int | None = None,
+    max_cost_usd: float | None = None,
+    resource_key: str = "gptimage",
+    store_key: str = "image_store",
+    automation_condition: dg.AutomationCondition | None = None,
+    tags: Mapping[str, str] | None = None,
+    owners: Sequence[str] | None = None,
+    pool: str | None = None,
+    code_version: str | None = None,
+) -> dg.AssetsDefinition:
+    """An image asset editing the images of ``sources``, partition by partition.
+
+    Partitions are those of the sources (all must share one partitions definition; identity
+    mapping). For each partition the sources' stored images (their latest sidecars in the
+    ``ImageStore``, not an IO manager) are sent in order as the edit's input images. Give one
+    ``prompt`` for every partition or a ``prompts`` table keyed like the sources (its request-field
+    columns override per row). ``mask`` is a fixed PNG (path or fsspec URL); ``mask_column`` names a
+    ``prompts`` column holding a per-key mask path (relative paths resolve next to a local table).
+    Sources may be edit assets: edits of edits work. With
+    ``automation_condition=dg.AutomationCondition.eager()`` edits follow their sources partition by
+    partition. ``partitions_def`` is only needed when a source is given by key and was not made by
+    this package.
+    """
+    asset_key = _asset_key(name, key_prefix)
+    what = f"image edit asset {asset_key.to_user_string()}"
+    _check_budget(max_cost_usd)
+    if (prompt is None) == (prompts is None):
+        raise ValueError(f"{what}: give exactly one of prompt= (one for all) or prompts= (a table)")
+    if mask is not None and mask_column is not None:
+        raise ValueError(f"{what}: give mask= (one file) or mask_column= (per key), not both")
+    if mask_column is not None and (prompts is None or mask_column not in prompts.columns):
+        raise ValueError(
+            f"{what}: mask_column={mask_column!r} must name a column of the prompts table"
+            + (f" (columns: {', '.join(prompts.columns)})" if prompts is not None else "")
+        )
+    source_keys, shared = _source_partitions(sources, partitions_def, what=what)
+    if asset_key in source_keys:
+        raise ValueError(f"{what}: an edit asset cannot be its own source")
+    defaults = _defaults(
+        model=model,
+        size=size,
+        quality=quality,
+        output_format=output_format,
+        output_compression=output_compression,
+        background=background,
+        moderation=moderation,
+        input_fidelity=input_fidelity,
+    )
+    if prompts is not None:
+        _validate_rows(prompts, defaults, edit=True, what=what)
+        if isinstance(shared, dg.StaticPartitionsDefinition):
+            missing = [key for key in shared.get_partition_keys() if key not in prompts]
+            if missing:
+                raise ValueError(
+                    f"{what}: the prompts table has no row for {len(missing)} source partitions: "
+                    f"{', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}"
+                )
+    else:
+        assert prompt is not None
+        _validate_fixed_prompt(prompt, defaults, what=what)
+    fixed_mask = _local_mask(mask, what=what) if mask is not None else None
+    job = ImageJob(
+        asset_key=asset_key,
+        kind="edit",
+        prompts=prompts,
+        prompt=prompt,
+        defaults=defaults,
+        sources=tuple(source_keys),
+        mask=fixed_mask,
+        mask_column=mask_column,
+        max_cost_usd=max_cost_usd,
+        resource_key=resource_key,
+        store_key=store_key,
+        dynamic=isinstance(shared, dg.DynamicPartitionsDefinition),
+        code_version=code_version,
+    )
+    names = ", ".join(key.to_user_string() for key in source_keys)
+    if description is None:
+        description = (
+            f"Edits of {names}: {prompt}"
+            if prompt is not None
+            else f"Edits of {names} with per-key prompts from {prompts.source if prompts else ''}"
+        )
+    metadata: dict[str, Any] = {
+        "edit_sources": dg.MetadataValue.json([key.to_user_string() for key in source_keys]),
+        "image_defaults": dg.MetadataValue.json(defaults),
+    }
+    if prompt is not None:
+        metadata["edit_prompt"] = dg.MetadataValue.text(prompt)
+    if prompts is not None:
+        metadata["prompt_table"] = dg.MetadataValue.text(prompts.source or "in-memory records")
+    if mask is not None:
+        metadata["mask"] = dg.MetadataValue.text(redact_url(mask))
+    return _build(
+        job,
+        partitions_def=shared,
+        deps=source_keys,
+        description=description,
+        metadata=metadata,
+        group_name=group_name,
+        automation_condition=automation_condition,
+        tags=tags,
+        owners=owners,
+        pool=pool,
+        code_version=code_version,
+        max_partitions_per_run=max_partitions_per_run,
+    )

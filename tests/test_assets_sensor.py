@@ -1,0 +1,147 @@
+"""Dynamic partitions: prompt_table_sensor adds new rows' keys and requests their runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from _assets_support import (
+    RANGE_END,
+    RANGE_START,
+    SMALL,
+    emulator_resources,
+    materializations,
+    value,
+)
+
+from dagster_gptimage.assets import image_edit_asset, image_generation_asset
+from dagster_gptimage.prompts import PromptTable, PromptTableError
+from dagster_gptimage.sensors import prompt_table_sensor
+
+
+def write_table(path: Path, rows: list[tuple[str, str]]) -> None:
+    path.write_text("key,prompt\n" + "".join(f"{key},{prompt}\n" for key, prompt in rows))
+
+
+@pytest.fixture
+def instance() -> dg.DagsterInstance:
+    return dg.DagsterInstance.ephemeral()
+
+
+def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, defs: dg.Definitions):  # type: ignore[no-untyped-def]
+    """Evaluate one tick and apply its partition requests, as the sensor daemon does."""
+    result = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+    if isinstance(result, dg.SensorResult):
+        for request in result.dynamic_partitions_requests or []:
+            assert isinstance(request, dg.AddDynamicPartitionsRequest)
+            instance.add_dynamic_partitions(
+                request.partitions_def_name, list(request.partition_keys)
+            )
+    return result
+
+
+def test_sensor_adds_new_rows_and_runs_materialize_them_without_a_code_reload(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    csv = tmp_path / "prompts.csv"
+    write_table(csv, [("a", "a red kite"), ("b", "a blue kite")])
+    asset = image_generation_asset(
+        name="kites", prompts=PromptTable.from_path(csv), size=SMALL, partitioning="dynamic"
+    )
+    sensor = prompt_table_sensor(asset, minimum_interval_seconds=30)
+    resources, emulator = emulator_resources(tmp_path / "store")
+    defs = dg.Definitions(assets=[asset], sensors=[sensor], resources=resources)
+    assert isinstance(asset.partitions_def, dg.DynamicPartitionsDefinition)
+    name = asset.partitions_def.name
+    assert name is not None
+
+    first = tick(sensor, instance, defs)
+    assert isinstance(first, dg.SensorResult)
+    [request] = first.run_requests or []
+    assert request.asset_selection == [asset.key]
+    assert request.tags[RANGE_START] == "a"
+    assert request.tags[RANGE_END] == "b"
+    assert instance.get_dynamic_partitions(name) == ["a", "b"]
+
+    assert isinstance(tick(sensor, instance, defs), dg.SkipReason)
+
+    write_table(csv, [("a", "a red kite"), ("b", "a blue kite"), ("c", "a green kite")])
+    third = tick(sensor, instance, defs)
+    assert isinstance(third, dg.SensorResult)
+    [new_run] = third.run_requests or []
+    assert new_run.partition_key == "c"
+    assert instance.get_dynamic_partitions(name) == ["a", "b", "c"]
+
+    result = dg.materialize([asset], resources=resources, instance=instance, partition_key="c")
+    assert result.success
+    assert value(materializations(instance, asset.key)["c"].metadata, "prompt") == "a green kite"
+    assert emulator.stats.requests == 1
+
+
+def test_sensor_run_requests_follow_the_backfill_policy(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    csv = tmp_path / "prompts.csv"
+    write_table(csv, [(f"k{i}", f"kite {i}") for i in range(5)])
+    asset = image_generation_asset(
+        name="chunked_kites",
+        prompts=PromptTable.from_path(csv),
+        partitioning="dynamic",
+        max_partitions_per_run=2,
+    )
+    sensor = prompt_table_sensor(asset)
+    resources, _ = emulator_resources(tmp_path / "store")
+    defs = dg.Definitions(assets=[asset], sensors=[sensor], resources=resources)
+
+    result = tick(sensor, instance, defs)
+
+    assert isinstance(result, dg.SensorResult)
+    ranges = [
+        (r.tags.get(RANGE_START), r.tags.get(RANGE_END), r.partition_key)
+        for r in result.run_requests or []
+    ]
+    assert ranges == [("k0", "k1", None), ("k2", "k3", None), (None, None, "k4")]
+
+
+def test_a_bad_new_row_fails_the_tick_and_adds_nothing(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    csv = tmp_path / "prompts.csv"
+    write_table(csv, [("a", "a kite")])
+    asset = image_generation_asset(
+        name="strict_kites", prompts=PromptTable.from_path(csv), partitioning="dynamic"
+    )
+    sensor = prompt_table_sensor(asset)
+    resources, _ = emulator_resources(tmp_path / "store")
+    defs = dg.Definitions(assets=[asset], sensors=[sensor], resources=resources)
+    csv.write_text("key,prompt,size\na,a kite,\nb/c,bad key,\n")
+
+    with pytest.raises(PromptTableError, match="b/c"):
+        tick(sensor, instance, defs)
+    assert isinstance(asset.partitions_def, dg.DynamicPartitionsDefinition)
+    assert instance.get_dynamic_partitions(asset.partitions_def.name or "") == []
+
+
+def test_edits_of_a_dynamic_asset_share_its_partitions(tmp_path: Path) -> None:
+    csv = tmp_path / "prompts.csv"
+    write_table(csv, [("a", "a kite")])
+    asset = image_generation_asset(
+        name="dyn_base", prompts=PromptTable.from_path(csv), partitioning="dynamic"
+    )
+    edited = image_edit_asset(name="dyn_edit", sources=[asset], prompt="at sunset")
+    assert edited.partitions_def == asset.partitions_def
+
+
+def test_sensor_needs_a_dynamic_generation_asset() -> None:
+    static = image_generation_asset(
+        name="static_kites", prompts=PromptTable.from_records([{"key": "a", "prompt": "p"}])
+    )
+    with pytest.raises(ValueError, match="partitioning='dynamic'"):
+        prompt_table_sensor(static)
+
+    @dg.asset
+    def unrelated() -> None: ...
+
+    with pytest.raises(ValueError, match="image_generation_asset"):
+        prompt_table_sensor(unrelated)
