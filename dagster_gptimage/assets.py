@@ -13,6 +13,7 @@ without regenerating them.
 """
 
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -40,8 +41,11 @@ IMAGE_CHECK_NAME = CHECK_NAME
 Partitioning = Literal["static", "dynamic"]
 
 _KINDS = {"openai", "image"}
-_JOBS: dict[dg.AssetKey, ImageJob] = {}
+_JOBS: "weakref.WeakKeyDictionary[dg.AssetsDefinition, ImageJob]" = weakref.WeakKeyDictionary()
+"""The job of each definition made here, keyed by the definition itself: two definitions may share an
+asset key (tests, several code locations), and each sensor must read its own asset's table."""
 _PARTITIONS: dict[dg.AssetKey, dg.PartitionsDefinition] = {}
+"""Partitions of image assets by key, only to resolve edit sources given as keys or strings."""
 
 
 class ImageAssetConfig(dg.Config):
@@ -56,10 +60,9 @@ class ImageAssetConfig(dg.Config):
     )
 
 
-def _image_job(asset: dg.AssetsDefinition | dg.AssetKey) -> ImageJob | None:
+def _image_job(asset: dg.AssetsDefinition) -> ImageJob | None:
     """The definition-time description of an image asset made by this module (for the sensor)."""
-    key = asset if isinstance(asset, dg.AssetKey) else asset.key
-    return _JOBS.get(key)
+    return _JOBS.get(asset)
 
 
 def _asset_key(name: str, key_prefix: str | Sequence[str] | None) -> dg.AssetKey:
@@ -206,7 +209,7 @@ def _build(
         # No return annotation: Dagster reads it as the type of the op's (several) outputs.
         yield from run_image_asset(context, job, force=config.force)
 
-    _JOBS[job.asset_key] = job
+    _JOBS[_image_asset] = job
     _PARTITIONS[job.asset_key] = partitions_def
     return _image_asset
 

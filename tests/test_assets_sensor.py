@@ -145,3 +145,27 @@ def test_sensor_needs_a_dynamic_generation_asset() -> None:
 
     with pytest.raises(ValueError, match="image_generation_asset"):
         prompt_table_sensor(unrelated)
+
+
+def test_each_sensor_reads_its_own_assets_table_when_two_definitions_share_a_key(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    first_csv, second_csv = tmp_path / "first.csv", tmp_path / "second.csv"
+    write_table(first_csv, [("a", "a red kite")])
+    write_table(second_csv, [("z", "a green kite")])
+    first = image_generation_asset(
+        name="kites", prompts=PromptTable.from_path(first_csv), size=SMALL, partitioning="dynamic"
+    )
+    second = image_generation_asset(
+        name="kites", prompts=PromptTable.from_path(second_csv), size=SMALL, partitioning="dynamic"
+    )
+    sensor = prompt_table_sensor(first)
+    resources, _ = emulator_resources(tmp_path / "store")
+    defs = dg.Definitions(assets=[first], sensors=[sensor], resources=resources)
+
+    result = tick(sensor, instance, defs)
+
+    assert isinstance(result, dg.SensorResult)
+    added = [key for r in result.dynamic_partitions_requests or [] for key in r.partition_keys]
+    assert added == ["a"]
+    assert second.key == first.key
