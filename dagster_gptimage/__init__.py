@@ -12,6 +12,12 @@ from dagster_gptimage.assets import (
     image_generation_asset,
 )
 from dagster_gptimage.client import GPTImageClient
+from dagster_gptimage.datasets import (
+    MANIFEST_COLUMNS,
+    export_imagefolder,
+    image_dataset_export_asset,
+    image_manifest_asset,
+)
 from dagster_gptimage.errors import (
     AuthenticationError,
     GPTImageError,
@@ -54,6 +60,7 @@ DagsterLibraryRegistry.register("dagster-gptimage", __version__, is_dagster_pack
 __all__ = [
     "DEFAULT_PRICES",
     "IMAGE_CHECK_NAME",
+    "MANIFEST_COLUMNS",
     "AuthenticationError",
     "EditRequest",
     "GPTImageClient",
@@ -86,8 +93,11 @@ __all__ = [
     "__version__",
     "cost_of_usage",
     "estimate_cost",
+    "export_imagefolder",
+    "image_dataset_export_asset",
     "image_edit_asset",
     "image_generation_asset",
+    "image_manifest_asset",
     "prompt_table_sensor",
     "request_fingerprint",
     "validate_request",

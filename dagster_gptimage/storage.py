@@ -358,12 +358,14 @@ class ImageStore(dg.ConfigurableResource):
         final = record.model_copy(update=update)
         sidecar = final.model_dump_json(indent=2).encode()
 
-        self._write(path, data)
-        self._write(self.sidecar_path(asset_key, partition_key), sidecar)
+        self.write_bytes(path, data)
+        self.write_bytes(self.sidecar_path(asset_key, partition_key), sidecar)
         self._remove_other_formats(asset_key, partition_key, fmt)
         return final
 
-    def _write(self, url: str, data: bytes) -> None:
+    def write_bytes(self, url: str, data: bytes) -> None:
+        """Write ``data`` at ``url`` all-or-nothing: readers see the old file or the new one, never
+        a part (temp file + ``os.replace`` on local disk, one ``pipe_file`` on object stores)."""
         fs, local = self._filesystem()
         target = fs._strip_protocol(url)
         if local:

@@ -204,10 +204,10 @@ class _FlakyStore(ImageStore):
 
     fail_key: str = "p01"
 
-    def _write(self, url: str, data: bytes) -> None:
+    def write_bytes(self, url: str, data: bytes) -> None:
         if url.endswith(f"/{self.fail_key}.json"):
             raise OSError("disk full")
-        super()._write(url, data)
+        super().write_bytes(url, data)
 
 
 def test_storage_failure_fails_only_that_partition_and_is_not_cached(
