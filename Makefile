@@ -47,7 +47,7 @@ browser-deps:
 	  || echo "chromium not installed: the browser test will be skipped"; }
 
 dev: install
-	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/example_project/.dagster_home} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache gptimage_store .dagster_home
+	rm -rf $(VENV) .pytest_cache .ruff_cache gptimage_store .dagster_home example_project/gptimage_store example_project/.dagster_home

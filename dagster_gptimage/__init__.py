@@ -12,6 +12,7 @@ from dagster_gptimage.assets import (
     image_generation_asset,
 )
 from dagster_gptimage.client import GPTImageClient
+from dagster_gptimage.component import GPTImageComponent
 from dagster_gptimage.datasets import (
     MANIFEST_COLUMNS,
     export_imagefolder,
@@ -64,6 +65,7 @@ __all__ = [
     "AuthenticationError",
     "EditRequest",
     "GPTImageClient",
+    "GPTImageComponent",
     "GPTImageError",
     "GPTImageResource",
     "GPTImageTimeoutError",

@@ -1,0 +1,74 @@
+"""The example's resources: the OpenAI API when a key is set, the offline emulator otherwise.
+
+Environment variables:
+
+- ``OPENAI_API_KEY``: use the real API (real images, real cost). Read through ``dg.EnvVar`` so the key
+  never appears in code, logs or the Dagster UI.
+- ``GPTIMAGE_PROVIDER``: ``emulator`` or ``openai`` to force one (default: decided by the key).
+- ``GPTIMAGE_STORE_URL``: where images go (any fsspec URL); default ``<project>/gptimage_store``.
+- ``GPTIMAGE_EMULATOR_LATENCY_SCALE``: emulator latency, as a fraction of the real API's
+  (p50 59 s); default 0.01 so the demo shows realistic-looking latencies in about a second.
+"""
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from dagster_gptimage import GPTImageResource, ImageStore
+
+EMULATOR_NAME = "example_project"
+
+
+def project_root() -> Path:
+    """The folder holding this project's pyproject.toml (the working directory when the package is
+    not installed from its source tree)."""
+    here = Path(__file__).resolve()
+    for folder in here.parents:
+        pyproject = folder / "pyproject.toml"
+        if (folder / "src" / "example_project").is_dir() and pyproject.is_file():
+            return folder
+    return Path.cwd()
+
+
+def store_url() -> str:
+    return os.environ.get("GPTIMAGE_STORE_URL") or str(project_root() / "gptimage_store")
+
+
+def provider() -> str:
+    forced = os.environ.get("GPTIMAGE_PROVIDER", "").strip().lower()
+    if forced:
+        if forced not in ("openai", "emulator"):
+            raise ValueError(f"GPTIMAGE_PROVIDER={forced!r}: use 'openai' or 'emulator'")
+        return forced
+    return "openai" if os.environ.get("OPENAI_API_KEY") else "emulator"
+
+
+@cache
+def _announce(message: str) -> None:
+    dg.get_dagster_logger("example_project").info(message)
+
+
+def gptimage_resource() -> GPTImageResource:
+    if provider() == "openai":
+        _announce(
+            "example_project: using the OpenAI API (OPENAI_API_KEY is set): images cost money"
+        )
+        return GPTImageResource(api_key=dg.EnvVar("OPENAI_API_KEY"), max_concurrency=4)
+    _announce(
+        "example_project: OPENAI_API_KEY is not set: using the offline emulator "
+        "(placeholder images, no cost)"
+    )
+    scale = float(os.environ.get("GPTIMAGE_EMULATOR_LATENCY_SCALE", "0.01"))
+    return GPTImageResource(
+        provider="emulator",
+        emulator_name=EMULATOR_NAME,
+        emulator_options={"latency_distribution": "lognormal", "latency_scale": scale},
+    )
+
+
+def resources() -> dict[str, Any]:
+    """Resource keys the image assets expect: ``gptimage`` and ``image_store``."""
+    return {"gptimage": gptimage_resource(), "image_store": ImageStore(base_url=store_url())}
