@@ -158,9 +158,11 @@ def partition_metadata(
     output_tokens = int(usage.get("output_image_tokens", 0)) + int(
         usage.get("output_text_tokens", 0)
     )
-    metadata: dict[str, Any] = {
+    # The preview leads so that the UI shows the image above the numbers.
+    metadata: dict[str, Any] = {} if preview is None else {"preview": preview}
+    metadata |= {
         "cost_usd": dg.MetadataValue.float(0.0 if cached else float(record.cost_usd)),
-        "latency_s": dg.MetadataValue.float(0.0 if cached else float(record.latency_s)),
+        "latency_s": dg.MetadataValue.float(0.0 if cached else round(record.latency_s, 3)),
         "attempts": dg.MetadataValue.int(0 if cached else int(record.attempts)),
         "possibly_billed_attempts": dg.MetadataValue.int(
             0 if cached else int(record.possibly_billed_attempts)
@@ -196,8 +198,6 @@ def partition_metadata(
         )
     if record.mask is not None:
         metadata["mask"] = dg.MetadataValue.json(record.mask.model_dump(mode="json"))
-    if preview is not None:
-        metadata["preview"] = preview
     metadata.update(_row_metadata(extra or {}))
     return metadata
 
