@@ -26,12 +26,12 @@ test-fast: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow and not browser"
 
 lint: install
-	$(BIN)/ruff format --check dagster_gptimage tests bench example_project
-	$(BIN)/ruff check dagster_gptimage tests bench example_project
+	$(BIN)/ruff format --check dagster_gptimage tests bench example_project scripts
+	$(BIN)/ruff check dagster_gptimage tests bench example_project scripts
 
 format: install
-	$(BIN)/ruff format dagster_gptimage tests bench example_project
-	$(BIN)/ruff check --fix dagster_gptimage tests bench example_project
+	$(BIN)/ruff format dagster_gptimage tests bench example_project scripts
+	$(BIN)/ruff check --fix dagster_gptimage tests bench example_project scripts
 
 typecheck: install
 	$(BIN)/pyright dagster_gptimage
