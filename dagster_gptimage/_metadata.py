@@ -31,6 +31,7 @@ from dagster_gptimage.storage import ImageRecord
 
 __all__ = [
     "INLINE_MARKDOWN_LIMIT",
+    "LATENCY_DECIMALS",
     "RESERVED_METADATA_KEYS",
     "InputVersion",
     "data_version_tags",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 PREVIEW_MAX_SIDE = 128
+
+LATENCY_DECIMALS = 3
+"""Latency metadata is shown to the millisecond; sidecars keep the measured value."""
 
 RESERVED_METADATA_KEYS = frozenset(
     {
@@ -162,7 +166,9 @@ def partition_metadata(
     metadata: dict[str, Any] = {} if preview is None else {"preview": preview}
     metadata |= {
         "cost_usd": dg.MetadataValue.float(0.0 if cached else float(record.cost_usd)),
-        "latency_s": dg.MetadataValue.float(0.0 if cached else round(record.latency_s, 3)),
+        "latency_s": dg.MetadataValue.float(
+            0.0 if cached else round(record.latency_s, LATENCY_DECIMALS)
+        ),
         "attempts": dg.MetadataValue.int(0 if cached else int(record.attempts)),
         "possibly_billed_attempts": dg.MetadataValue.int(
             0 if cached else int(record.possibly_billed_attempts)

@@ -36,6 +36,8 @@ from urllib.parse import quote
 
 import httpx
 
+from dagster_gptimage._metadata import LATENCY_DECIMALS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("GPTIMAGE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = (
@@ -634,7 +636,7 @@ def expected_texts(sidecar: Mapping[str, Any]) -> dict[str, str]:
     )
     return {
         "cost_usd": js_number(float(sidecar["cost_usd"])),
-        "latency_s": js_number(float(sidecar["latency_s"])),
+        "latency_s": js_number(round(float(sidecar["latency_s"]), LATENCY_DECIMALS)),
         "input_tokens": str(input_tokens),
         "output_tokens": str(output_tokens),
         "path": str(sidecar["path"]),
