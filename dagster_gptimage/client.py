@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import threading
@@ -61,6 +62,12 @@ _WAIT_INITIAL_S = 0.5
 _WAIT_MAX_S = 8.0
 _WAIT_JITTER_S = 1.0
 _DOWNLOAD_ATTEMPTS = 3
+_BODY_SLOTS = 2
+"""Responses read, parsed and decoded at once per event loop. A 4K PNG arrives as a 15 MB body,
+becomes 15 MB of base64 text, an 11 MB image and a 33 MB bitmap while it is verified; when many
+answers arrive together (a backfill's requests often share one latency), the other bodies wait in
+their sockets instead of all being decoded in memory at once. Decoding is CPU-bound, so more slots
+would not make a small machine faster either. Gateway URL downloads run in their response's slot."""
 _MAX_REDIRECTS = 5
 
 _NOT_SENT = (
@@ -111,6 +118,7 @@ class _LoopState:
     http: httpx.AsyncClient
     semaphore: asyncio.Semaphore
     limiter: AsyncLimiter | None
+    bodies: asyncio.Semaphore
 
 
 @dataclass(frozen=True)
@@ -337,7 +345,10 @@ class GPTImageClient:
                 wait_jitter=_WAIT_JITTER_S,
             ):
                 with attempt:
-                    return await self._attempt(state, request, prepared, tally, estimate)
+                    async with contextlib.AsyncExitStack() as body_slot:
+                        return await self._attempt(
+                            state, request, prepared, tally, estimate, body_slot
+                        )
         except _AttemptFailed as failed:
             error = self._scrubbed(failed.error)
             error.provider = error.provider or self.provider
@@ -464,9 +475,10 @@ class GPTImageClient:
                 other_loop = other.loop()
                 if other_loop is None or other_loop.is_closed():
                     del self._states[other_key]
+            # Gateway URL downloads need connections beside the requests in flight.
             limits = httpx.Limits(
-                max_connections=self.max_concurrency,
-                max_keepalive_connections=self.max_concurrency,
+                max_connections=self.max_concurrency + _BODY_SLOTS,
+                max_keepalive_connections=self.max_concurrency + _BODY_SLOTS,
             )
             http = httpx.AsyncClient(
                 transport=self._transport,
@@ -482,6 +494,7 @@ class GPTImageClient:
                 http=http,
                 semaphore=asyncio.Semaphore(self.max_concurrency),
                 limiter=limiter,
+                bodies=asyncio.Semaphore(_BODY_SLOTS),
             )
             self._states[key] = state
             return state
@@ -552,8 +565,13 @@ class GPTImageClient:
         prepared: _Prepared,
         tally: _Tally,
         estimate: float,
+        body_slot: contextlib.AsyncExitStack,
     ) -> ImageResult:
-        status, headers, body = await self._send(state, request, prepared, tally, estimate)
+        """One HTTP attempt; its response is read and processed in a body slot (``_BODY_SLOTS``)
+        that ``body_slot`` releases when the attempt is over."""
+        status, headers, body = await self._send(
+            state, request, prepared, tally, estimate, body_slot
+        )
         tally.request_id = providers.request_id_from(headers, self.provider) or tally.request_id
         if not 200 <= status < 300:
             raise self._http_failure(status, headers, body)
@@ -570,6 +588,9 @@ class GPTImageClient:
                 ),
                 retry=True,
             ) from None
+        # A 4K image is a 15 MB body and a 15 MB base64 text: drop each as soon as it is consumed,
+        # or every image in flight holds both while it is decoded.
+        del body
 
         usage_known = isinstance(parsed.usage, Mapping)
         usage = Usage.from_api(parsed.usage if usage_known else None)
@@ -582,8 +603,9 @@ class GPTImageClient:
         images: list[GeneratedImage] = []
         for index, datum in enumerate(parsed.data):
             if datum.b64_json:
+                encoded, datum.b64_json = datum.b64_json, None
                 try:
-                    data = base64.b64decode(datum.b64_json, validate=True)
+                    data = base64.b64decode(encoded, validate=True)
                 except (binascii.Error, ValueError):
                     self._billed_failure(tally, estimate)
                     raise _AttemptFailed(
@@ -595,6 +617,7 @@ class GPTImageClient:
                         ),
                         retry=True,
                     ) from None
+                del encoded
             else:
                 try:
                     data = await self._download(state, datum.url or "", index)
@@ -651,8 +674,10 @@ class GPTImageClient:
         prepared: _Prepared,
         tally: _Tally,
         estimate: float,
+        body_slot: contextlib.AsyncExitStack,
     ) -> tuple[int, httpx.Headers, bytes]:
-        """One HTTP exchange under the concurrency bound; transport failures become verdicts."""
+        """One HTTP exchange under the concurrency bound; transport failures become verdicts. The
+        body is read once a body slot is free (held in ``body_slot``)."""
         async with state.semaphore:
             if state.limiter is not None:
                 await state.limiter.acquire(min(float(request.n), state.limiter.max_rate))
@@ -673,6 +698,7 @@ class GPTImageClient:
             except httpx.TransportError as exc:
                 raise self._transport_failure(exc, tally, estimate, sent=True) from None
             try:
+                await body_slot.enter_async_context(state.bodies)
                 body = await response.aread()
             except httpx.TransportError as exc:
                 raise self._transport_failure(
@@ -766,23 +792,24 @@ class GPTImageClient:
         for _hop in range(_MAX_REDIRECTS + 1):
             providers.check_download_url(url, allow_insecure=self.allow_insecure_downloads)
             request = state.http.build_request("GET", url, headers={"Accept": "image/*"})
-            async with state.semaphore:
-                try:
-                    response = await state.http.send(request, stream=True)
-                except httpx.TransportError as exc:
-                    raise _RetryableDownload(
-                        ProviderError(
-                            f"downloading data[{index}] failed: {type(exc).__name__}: {exc}",
-                            code="download_failed",
-                        )
-                    ) from None
-                try:
-                    if response.is_redirect and "location" in response.headers:
-                        url = urljoin(url, response.headers["location"])
-                        continue
-                    return await self._read_image_body(response, index)
-                finally:
-                    await response.aclose()
+            # Bounded by the body slot of the response that named the URL, not by the requests in
+            # flight: waiting for one of those while holding a body slot could deadlock.
+            try:
+                response = await state.http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                raise _RetryableDownload(
+                    ProviderError(
+                        f"downloading data[{index}] failed: {type(exc).__name__}: {exc}",
+                        code="download_failed",
+                    )
+                ) from None
+            try:
+                if response.is_redirect and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                return await self._read_image_body(response, index)
+            finally:
+                await response.aclose()
         raise ProviderError(
             f"downloading data[{index}] failed: more than {_MAX_REDIRECTS} redirects",
             code="download_failed",

@@ -193,7 +193,8 @@ def make_preview(data: bytes, *, max_side: int = 128) -> bytes:
         if source.format == "JPEG":
             source.draft("RGB", (max_side, max_side))
         source.load()
-        image = ImageOps.exif_transpose(source) or source
+        # In place: without it, exif_transpose returns a full-size copy even when nothing turns.
+        ImageOps.exif_transpose(source, in_place=True)
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
         mode = "RGBA" if _PREVIEW_FORMAT == "webp" and _has_alpha(image) else "RGB"
         if image.mode != mode:

@@ -15,7 +15,10 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import secrets
+import socket
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -194,10 +197,13 @@ def _sniff_format(data: bytes) -> str | None:
 def _atomic_write_local(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` holds either its old content or all of ``data``:
     a hidden temp file in the same folder (same file system, so the rename is atomic), fsynced, then
-    ``os.replace``. The temp file is removed on any failure."""
+    ``os.replace``. The temp file is removed on any failure; one left by a killed writer is removed
+    by the next process writing into the folder (``_remove_stale_temps``)."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    _remove_stale_temps(directory)
+    name = f".{os.path.basename(path)}.{_WRITER_TAG}-{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    tmp = os.path.join(directory, name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     fd = os.open(tmp, flags, 0o666)
     try:
@@ -211,6 +217,50 @@ def _atomic_write_local(path: str, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+_WRITER_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+"""Marks temp files made on this host, so that only their writers' liveness is judged here."""
+_TEMP_NAME = re.compile(rf"\..+\.{_WRITER_TAG}-(?P<pid>\d+)\.[0-9a-f]+\.tmp")
+_swept: set[tuple[int, str]] = set()
+_sweep_lock = threading.Lock()
+
+
+def _remove_stale_temps(directory: str) -> None:
+    """Remove the temp files of writers on this host that no longer run (a process killed between
+    creating its temp file and renaming it leaves it behind, hidden but taking space).
+
+    Done once per folder per process, so that a backfill lists each folder once rather than once per
+    file. Temp files of live writers (another run writing into the same folder) are left alone.
+    """
+    key = (os.getpid(), directory)
+    with _sweep_lock:
+        if key in _swept:
+            return
+        _swept.add(key)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        match = _TEMP_NAME.fullmatch(name)
+        if match is not None and not _process_alive(int(match.group("pid"))):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host; True when unsure (a temp file must never be taken from
+    a live writer). Windows is always "unsure": its ``os.kill`` would terminate the process."""
+    if pid == os.getpid() or os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _fsync_directory(directory: str) -> None:

