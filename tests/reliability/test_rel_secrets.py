@@ -167,8 +167,8 @@ def test_the_api_key_is_nowhere_after_a_backfill_and_a_401(
     strict=True,
     reason=(
         "Dagster stores a ConfigurableResource's literal field values as config defaults in the "
-        "job snapshot (runs.db, compressed): a literal api_key lands there. Use dg.EnvVar; see "
-        "the H8 report for the proposed fix (refuse or warn on literal keys)."
+        "job snapshot (runs.db, compressed): a literal api_key lands there. Use dg.EnvVar "
+        "(docs/concepts.md); refusing or warning on literal keys is a possible follow-up."
     ),
 )
 def test_a_literal_api_key_stays_out_of_the_run_storage(
