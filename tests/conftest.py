@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,24 @@ def reference_dir() -> Path:
     if not (REFERENCE_DIR / "openai-images-openapi.json").is_file():
         pytest.skip(f"../shared/reference not present ({REFERENCE_DIR}): OpenAPI checks need it")
     return REFERENCE_DIR
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1, with any real AWS configuration of the machine kept out."""
+    moto_server = pytest.importorskip("moto.server")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_ACCESS_KEY_ID", "unused-env-key")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "unused-env-secret")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -16,31 +15,18 @@ from dagster_gptimage.prompts import PromptTable
 from dagster_gptimage.storage import ImageStore
 
 s3fs = pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 FAKE_KEY = "AKIAASSETTESTS"
 FAKE_SECRET = "asset-test-secret-Qz81-never-shown"
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
-
-
-def test_generation_and_edit_on_s3(endpoint: str, tmp_path: Path) -> None:
-    options = {"key": FAKE_KEY, "secret": FAKE_SECRET, "client_kwargs": {"endpoint_url": endpoint}}
+def test_generation_and_edit_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
+    options = {
+        "key": FAKE_KEY,
+        "secret": FAKE_SECRET,
+        "client_kwargs": {"endpoint_url": s3_endpoint},
+    }
     bucket = f"gptimage-assets-{uuid.uuid4().hex[:10]}"
     s3fs.S3FileSystem(**options).mkdir(bucket)
     prompts = PromptTable.from_records([{"key": k, "prompt": f"a canal {k}"} for k in ("x", "y")])

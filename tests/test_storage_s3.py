@@ -3,7 +3,6 @@
 import hashlib
 import io
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,37 +12,18 @@ from dagster_gptimage.prompts import PromptTable
 from dagster_gptimage.storage import ImageRecord, ImageStore
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 FAKE_KEY = "AKIAFAKEKEYFORTESTS"
 FAKE_SECRET = "fake-s3-secret-Vb7Kp2-do-not-leak"
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "unused-env-key")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "unused-env-secret")
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
-
-
 @pytest.fixture
-def options(endpoint: str) -> dict[str, Any]:
+def options(s3_endpoint: str) -> dict[str, Any]:
     return {
         "key": FAKE_KEY,
         "secret": FAKE_SECRET,
-        "client_kwargs": {"endpoint_url": endpoint},
+        "client_kwargs": {"endpoint_url": s3_endpoint},
     }
 
 
