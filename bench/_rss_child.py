@@ -1,6 +1,6 @@
 """``python -m bench._rss_child``: one real backfill in a fresh process, reporting its peak RSS.
 
-Run by ``bench.overhead`` so that the peak resident memory (``ru_maxrss``) is that of a process
+Run by ``bench.overhead`` so that the peak resident memory is that of a process
 doing just this: importing Dagster and the package, one single-run backfill of a few large images
 in flight together, nothing else. Prints one JSON line.
 """
@@ -25,6 +25,14 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _peak_mb() -> float:
+    """This process's peak resident memory. Linux: ``VmHWM`` of the process's own address space;
+    not ``ru_maxrss``, which after a (v)fork + exec also counts the parent's resident memory."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -35,6 +35,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _logger = logging.getLogger(__name__)
+_KEEP_ALIVE_S = 75
 
 
 class _ConnectionDropped(Exception):
@@ -186,6 +187,10 @@ def _server(emulator: Emulator, *, log_level: str) -> Any:
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=2,
+        # Real APIs keep idle connections far longer than clients do (httpx: 5 s). uvicorn's 5 s
+        # default races httpx's: a request sent on a connection the server is closing fails with a
+        # ReadError that never reached the server, a fault the real API does not produce.
+        timeout_keep_alive=_KEEP_ALIVE_S,
     )
     return uvicorn.Server(config)
 
