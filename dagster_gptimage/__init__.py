@@ -40,6 +40,7 @@ from dagster_gptimage.models import (
     ImageResult,
     InputImage,
     Provider,
+    RequestDefaults,
     Usage,
 )
 from dagster_gptimage.pricing import (
@@ -90,6 +91,7 @@ __all__ = [
     "ProviderError",
     "QuotaExceededError",
     "RateLimitError",
+    "RequestDefaults",
     "SourceImage",
     "Usage",
     "__version__",

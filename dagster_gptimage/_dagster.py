@@ -37,7 +37,16 @@ __all__ = [
     "get_input_data_version_tag",
     "get_input_event_pointer_tag",
     "latest_materialization_ids",
+    "op_function",
 ]
+
+
+def op_function(asset: dg.AssetsDefinition) -> object:
+    """The Python function behind an asset's op (what the ``@multi_asset`` decorator wrapped), or
+    None for assets without one."""
+    node = asset.node_def if asset.is_executable else None
+    compute_fn = getattr(node, "compute_fn", None)
+    return getattr(compute_fn, "decorated_fn", None)
 
 
 def latest_materialization_ids(

@@ -13,7 +13,6 @@ without regenerating them.
 """
 
 import os
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,9 +21,10 @@ from pydantic import Field
 
 from dagster_gptimage._backfill import ImageJob, run_image_asset
 from dagster_gptimage._checks import CHECK_NAME, check_spec
+from dagster_gptimage._dagster import op_function
 from dagster_gptimage.errors import InvalidRequestError
 from dagster_gptimage.images import load_input_image
-from dagster_gptimage.models import MODEL_SPECS, ImageParams
+from dagster_gptimage.models import MODEL_SPECS, ImageParams, request_defaults
 from dagster_gptimage.prompts import PromptTable, PromptTableError
 from dagster_gptimage.storage import redact_url
 
@@ -41,11 +41,7 @@ IMAGE_CHECK_NAME = CHECK_NAME
 Partitioning = Literal["static", "dynamic"]
 
 _KINDS = {"openai", "image"}
-_JOBS: "weakref.WeakKeyDictionary[dg.AssetsDefinition, ImageJob]" = weakref.WeakKeyDictionary()
-"""The job of each definition made here, keyed by the definition itself: two definitions may share an
-asset key (tests, several code locations), and each sensor must read its own asset's table."""
-_PARTITIONS: dict[dg.AssetKey, dg.PartitionsDefinition] = {}
-"""Partitions of image assets by key, only to resolve edit sources given as keys or strings."""
+_JOB_ATTRIBUTE = "gptimage_job"
 
 
 class ImageAssetConfig(dg.Config):
@@ -60,19 +56,19 @@ class ImageAssetConfig(dg.Config):
     )
 
 
-def _image_job(asset: dg.AssetsDefinition) -> ImageJob | None:
-    """The definition-time description of an image asset made by this module (for the sensor)."""
-    return _JOBS.get(asset)
+def image_job(asset: dg.AssetsDefinition) -> ImageJob | None:
+    """The definition-time description of an image asset made by this module, or None.
+
+    The job travels with the definition (on its op's body), so it survives ``dg.map_asset_specs``
+    and any other rewrite that keeps the op.
+    """
+    job = getattr(op_function(asset), _JOB_ATTRIBUTE, None)
+    return job if isinstance(job, ImageJob) else None
 
 
 def _asset_key(name: str, key_prefix: str | Sequence[str] | None) -> dg.AssetKey:
     prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
     return dg.AssetKey([*prefix, name])
-
-
-def _defaults(**params: Any) -> dict[str, Any]:
-    """Asset-level request defaults: only what the user set (None means "not set")."""
-    return {name: value for name, value in params.items() if value is not None}
 
 
 def _load_time_params(defaults: Mapping[str, Any], *, what: str) -> ImageParams:
@@ -195,7 +191,12 @@ def _build(
         kinds=_KINDS,
     )
 
-    @dg.multi_asset(
+    def _image_asset(context: dg.AssetExecutionContext, config: ImageAssetConfig):
+        # No return annotation: Dagster reads it as the type of the op's (several) outputs.
+        yield from run_image_asset(context, job, force=config.force)
+
+    setattr(_image_asset, _JOB_ATTRIBUTE, job)
+    return dg.multi_asset(
         name=job.asset_key.to_python_identifier(),
         specs=[spec],
         check_specs=[check_spec(job.asset_key)],
@@ -204,30 +205,17 @@ def _build(
         can_subset=True,
         required_resource_keys={job.resource_key, job.store_key},
         pool=pool,
-    )
-    def _image_asset(context: dg.AssetExecutionContext, config: ImageAssetConfig):
-        # No return annotation: Dagster reads it as the type of the op's (several) outputs.
-        yield from run_image_asset(context, job, force=config.force)
-
-    _JOBS[_image_asset] = job
-    _PARTITIONS[job.asset_key] = partitions_def
-    return _image_asset
+    )(_image_asset)
 
 
 def image_generation_asset(
     *,
     name: str,
     prompts: PromptTable,
+    model: str | None = None,
     key_prefix: str | Sequence[str] | None = None,
     group_name: str | None = None,
     description: str | None = None,
-    size: str | None = None,
-    quality: str | None = None,
-    output_format: str | None = None,
-    output_compression: int | None = None,
-    background: str | None = None,
-    moderation: str | None = None,
-    model: str | None = None,
     partitioning: Partitioning = "static",
     max_partitions_per_run: int | None = None,
     max_cost_usd: float | None = None,
@@ -238,12 +226,15 @@ def image_generation_asset(
     owners: Sequence[str] | None = None,
     pool: str | None = None,
     code_version: str | None = None,
+    **request_params: Any,
 ) -> dg.AssetsDefinition:
     """A partitioned image asset with one partition per row of ``prompts`` (key = partition key).
 
-    Request parameters given here are the defaults; a table column named like a request field
-    overrides them per row; ``model=None`` uses the resource's model. Every row is validated now, so a
-    bad row fails ``dagster definitions validate``.
+    ``request_params`` are request defaults, any field of :class:`RequestDefaults` (``size``,
+    ``quality``, ``output_format``, ``output_compression``, ``background``, ``moderation``, …); a
+    table column named like a request field overrides them per row; ``model=None`` uses the
+    resource's model. Every row is validated now, so a bad row fails
+    ``dagster definitions validate``.
 
     ``partitioning="dynamic"`` uses a ``DynamicPartitionsDefinition`` filled by
     ``prompt_table_sensor(asset)`` from the re-read table (no code reload needed). A run materializes
@@ -255,15 +246,7 @@ def image_generation_asset(
     asset_key = _asset_key(name, key_prefix)
     what = f"image asset {asset_key.to_user_string()}"
     _check_budget(max_cost_usd)
-    defaults = _defaults(
-        model=model,
-        size=size,
-        quality=quality,
-        output_format=output_format,
-        output_compression=output_compression,
-        background=background,
-        moderation=moderation,
-    )
+    defaults = request_defaults(what, edit=False, model=model, **request_params)
     _validate_rows(prompts, defaults, edit=False, what=what)
     partitions_def = _partitions(prompts.keys, partitioning, asset_key)
     job = ImageJob(
@@ -323,8 +306,6 @@ def _source_partitions(
             key = (
                 source if isinstance(source, dg.AssetKey) else dg.AssetKey.from_user_string(source)
             )
-            if key in _PARTITIONS:
-                found.append((key, _PARTITIONS[key]))
         keys.append(key)
     if partitions_def is not None:
         found.insert(0, (keys[0], partitions_def))
@@ -371,17 +352,10 @@ def image_edit_asset(
     prompts: PromptTable | None = None,
     mask: str | None = None,
     mask_column: str | None = None,
+    model: str | None = None,
     key_prefix: str | Sequence[str] | None = None,
     group_name: str | None = None,
     description: str | None = None,
-    size: str | None = None,
-    quality: str | None = None,
-    output_format: str | None = None,
-    output_compression: int | None = None,
-    background: str | None = None,
-    moderation: str | None = None,
-    input_fidelity: str | None = None,
-    model: str | None = None,
     partitions_def: dg.PartitionsDefinition | None = None,
     max_partitions_per_run: int | None = None,
     max_cost_usd: float | None = None,
@@ -392,6 +366,7 @@ def image_edit_asset(
     owners: Sequence[str] | None = None,
     pool: str | None = None,
     code_version: str | None = None,
+    **request_params: Any,
 ) -> dg.AssetsDefinition:
     """An image asset editing the images of ``sources``, partition by partition.
 
@@ -399,7 +374,8 @@ def image_edit_asset(
     mapping). For each partition the sources' stored images (their latest sidecars in the
     ``ImageStore``, not an IO manager) are sent in order as the edit's input images. Give one
     ``prompt`` for every partition or a ``prompts`` table keyed like the sources (its request-field
-    columns override per row). ``mask`` is a fixed PNG (path or fsspec URL); ``mask_column`` names a
+    columns override per row; ``request_params`` are request defaults as in
+    ``image_generation_asset``, plus ``input_fidelity``). ``mask`` is a fixed PNG (path or fsspec URL); ``mask_column`` names a
     ``prompts`` column holding a per-key mask path (relative paths resolve next to a local table).
     Sources may be edit assets: edits of edits work. With
     ``automation_condition=dg.AutomationCondition.eager()`` edits follow their sources partition by
@@ -421,16 +397,7 @@ def image_edit_asset(
     source_keys, shared = _source_partitions(sources, partitions_def, what=what)
     if asset_key in source_keys:
         raise ValueError(f"{what}: an edit asset cannot be its own source")
-    defaults = _defaults(
-        model=model,
-        size=size,
-        quality=quality,
-        output_format=output_format,
-        output_compression=output_compression,
-        background=background,
-        moderation=moderation,
-        input_fidelity=input_fidelity,
-    )
+    defaults = request_defaults(what, edit=True, model=model, **request_params)
     if prompts is not None:
         _validate_rows(prompts, defaults, edit=True, what=what)
         if isinstance(shared, dg.StaticPartitionsDefinition):

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     model_validator,
 )
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
@@ -31,6 +32,7 @@ from dagster_gptimage.errors import InvalidRequestError, short_repr
 __all__ = [
     "ASPECT_RATIO_LIMIT",
     "COMPRESSIBLE_FORMATS",
+    "DEFAULT_FIELDS",
     "MAX_PROMPT_CHARS",
     "MODEL_SPECS",
     "PRESET_SIZES",
@@ -51,10 +53,12 @@ __all__ = [
     "Provider",
     "ProviderSpec",
     "Quality",
+    "RequestDefaults",
     "Resolution",
     "Usage",
     "parse_aspect_ratio",
     "parse_size",
+    "request_defaults",
 ]
 
 Provider = Literal["openai", "azure", "gateway", "emulator"]
@@ -72,22 +76,6 @@ BACKGROUNDS: tuple[str, ...] = get_args(Background)
 MODERATIONS: tuple[str, ...] = get_args(Moderation)
 INPUT_FIDELITIES: tuple[str, ...] = get_args(InputFidelity)
 RESOLUTIONS: tuple[str, ...] = get_args(Resolution)
-
-REQUEST_FIELDS: tuple[str, ...] = (
-    "model",
-    "size",
-    "quality",
-    "n",
-    "output_format",
-    "output_compression",
-    "background",
-    "moderation",
-    "user",
-    "input_fidelity",
-    "aspect_ratio",
-    "resolution",
-)
-"""Request parameters a prompt table may override per row (every :class:`ImageParams` field)."""
 
 MAX_PROMPT_CHARS = 32_000
 PRESET_SIZES: tuple[str, ...] = ("1024x1024", "1536x1024", "1024x1536")
@@ -263,27 +251,99 @@ class _FrozenModel(BaseModel):
 class ImageParams(_FrozenModel):
     """Every request parameter except the prompt and input images.
 
-    ``size`` is ``"auto"``, ``"WxH"`` or, on gateways only, an aspect ratio ``"W:H"`` (sent as
-    ``aspect_ratio``). ``input_fidelity`` applies to edits only; ``aspect_ratio`` and ``resolution``
-    to gateways only.
+    This is the one declaration of request parameters: prompt-table columns, the asset factories'
+    keyword arguments, the component's YAML fields and its edit steps all derive from it (see
+    :data:`REQUEST_FIELDS` and :class:`RequestDefaults`), so a new parameter is added here only.
     """
 
-    model: str = "gpt-image-2"
-    size: str = "auto"
-    quality: Quality = "auto"
-    n: int = 1
-    output_format: OutputFormat = "png"
-    output_compression: int | None = None
-    background: Background | None = None
-    moderation: Moderation | None = None
-    user: str | None = None
-    input_fidelity: InputFidelity | None = None
-    aspect_ratio: str | None = None
-    resolution: Resolution | None = None
+    model: str = Field(
+        default="gpt-image-2",
+        description="gpt-image-2, gpt-image-1.5, gpt-image-1 or gpt-image-1-mini.",
+    )
+    size: str = Field(
+        default="auto",
+        description=(
+            "auto or WxH (gpt-image-2: any multiple of 16 up to 3840 per side; older models: "
+            f"{', '.join(PRESET_SIZES)}); W:H aspect ratios on gateways (sent as aspect_ratio)."
+        ),
+    )
+    quality: Quality = Field(default="auto", description="low, medium, high or auto.")
+    n: int = Field(default=1, description="Images per request (image assets need 1).")
+    output_format: OutputFormat = Field(
+        default="png", description="png, jpeg, webp (gif and avif on some gateways)."
+    )
+    output_compression: int | None = Field(
+        default=None,
+        description="0-100, jpeg/webp only.",
+        json_schema_extra={"minimum": 0, "maximum": 100},
+    )
+    background: Background | None = Field(
+        default=None, description="transparent needs png/webp and a model other than gpt-image-2."
+    )
+    moderation: Moderation | None = Field(default=None, description="low or auto.")
+    user: str | None = Field(default=None, description="End-user id passed to the provider.")
+    input_fidelity: InputFidelity | None = Field(
+        default=None, description="Edits only: how closely to keep the input images (high, low)."
+    )
+    aspect_ratio: str | None = Field(default=None, description="Gateways only: W:H.")
+    resolution: Resolution | None = Field(default=None, description="Gateways only: 1K, 2K, 4K.")
 
     def params(self) -> ImageParams:
         """Only the parameters, without prompt or images (for defaults, tables and fingerprints)."""
         return ImageParams.model_validate(self.model_dump(include=set(REQUEST_FIELDS)))
+
+
+REQUEST_FIELDS: tuple[str, ...] = tuple(ImageParams.model_fields)
+"""Request parameters a prompt table may override per row (every :class:`ImageParams` field)."""
+
+DEFAULT_FIELDS: tuple[str, ...] = tuple(f for f in REQUEST_FIELDS if f not in ("model", "n"))
+"""Request parameters an asset may default (``model`` is chosen apart, ``n`` is always 1)."""
+
+
+def _defaults_model() -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for name in DEFAULT_FIELDS:
+        info = ImageParams.model_fields[name]
+        fields[name] = (
+            info.annotation | None,  # type: ignore[operator]
+            Field(
+                default=None,
+                description=info.description,
+                json_schema_extra=info.json_schema_extra,
+            ),
+        )
+    return create_model(
+        "RequestDefaults",
+        __doc__=(
+            "Asset-level request defaults (``None``: not set, so a row or the model decides). "
+            "Derived from :class:`ImageParams`; the base of the component's request fields."
+        ),
+        __module__=__name__,
+        **fields,
+    )
+
+
+RequestDefaults = _defaults_model()
+"""Every :data:`DEFAULT_FIELDS` parameter as an optional field, with ImageParams' descriptions."""
+
+
+def request_defaults(what: str, *, edit: bool, model: str | None, **given: Any) -> dict[str, Any]:
+    """The defaults an asset factory was given: only set ones, each a known request parameter.
+
+    An unknown name or an edit-only parameter on a generation raises naming it and the accepted
+    names, before anything else happens.
+    """
+    accepted = DEFAULT_FIELDS if edit else tuple(f for f in DEFAULT_FIELDS if f != "input_fidelity")
+    unknown = sorted(name for name in given if name not in accepted)
+    if unknown:
+        raise InvalidRequestError(
+            f"{what}: unknown request parameter(s) {', '.join(unknown)}"
+            + (" (input_fidelity applies to edits only)" if "input_fidelity" in unknown else ""),
+            field=unknown[0],
+            value=given[unknown[0]],
+            accepted=accepted,
+        )
+    return {name: value for name, value in {"model": model, **given}.items() if value is not None}
 
 
 class GenerateRequest(ImageParams):

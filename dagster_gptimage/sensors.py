@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from dagster_gptimage._dagster import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from dagster_gptimage.assets import _image_job, _validate_rows
+from dagster_gptimage.assets import _validate_rows, image_job
 
 __all__ = ["prompt_table_sensor"]
 
@@ -53,7 +53,7 @@ def prompt_table_sensor(
     to your ``dg.Definitions(sensors=[...])`` next to the asset. A table that fails to load or
     validate fails the tick with the table's error (nothing is added until it is fixed).
     """
-    job = _image_job(asset)
+    job = image_job(asset)
     partitions_def = asset.partitions_def
     if job is None or job.prompts is None or job.kind != "generate":
         raise ValueError(

@@ -196,9 +196,16 @@ def test_sources_must_share_partitions() -> None:
         image_edit_asset(name="mixed", sources=[first, other], prompt="combine")
 
 
-def test_source_given_by_key_of_a_factory_asset() -> None:
+def test_source_given_by_key_needs_its_partitions() -> None:
+    """No registry of factory assets: a source given by key carries no partitions, so the caller
+    passes them (or the AssetsDefinition itself)."""
     first = image_generation_asset(name="by_key_source", prompts=scenes(), size=SMALL)
-    edited = image_edit_asset(name="by_key_edit", sources=["by_key_source"], prompt="p")
+    edited = image_edit_asset(
+        name="by_key_edit",
+        sources=["by_key_source"],
+        prompt="p",
+        partitions_def=first.partitions_def,
+    )
     assert edited.partitions_def == first.partitions_def
     with pytest.raises(ValueError, match="cannot tell the partitions"):
         image_edit_asset(name="unknown_source_edit", sources=["not_an_image_asset"], prompt="p")

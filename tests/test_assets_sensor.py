@@ -16,6 +16,7 @@ from _assets_support import (
 )
 
 from dagster_gptimage.assets import image_edit_asset, image_generation_asset
+from dagster_gptimage.errors import InvalidRequestError
 from dagster_gptimage.prompts import PromptTable, PromptTableError
 from dagster_gptimage.sensors import prompt_table_sensor
 
@@ -169,3 +170,30 @@ def test_each_sensor_reads_its_own_assets_table_when_two_definitions_share_a_key
     added = [key for r in result.dynamic_partitions_requests or [] for key in r.partition_keys]
     assert added == ["a"]
     assert second.key == first.key
+
+
+def test_sensor_accepts_an_asset_passed_through_map_asset_specs(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    csv = tmp_path / "prompts.csv"
+    write_table(csv, [("a", "a red kite")])
+    asset = image_generation_asset(
+        name="mapped_kites", prompts=PromptTable.from_path(csv), size=SMALL, partitioning="dynamic"
+    )
+    [mapped] = dg.map_asset_specs(lambda spec: spec.replace_attributes(group_name="kites"), [asset])
+    assert mapped is not asset
+    assert mapped.specs_by_key[mapped.key].group_name == "kites"
+    sensor = prompt_table_sensor(mapped)
+    resources, _ = emulator_resources(tmp_path / "store")
+    defs = dg.Definitions(assets=[mapped], sensors=[sensor], resources=resources)
+    result = tick(sensor, instance, defs)
+    assert isinstance(result, dg.SensorResult)
+    assert [list(r.partition_keys) for r in result.dynamic_partitions_requests or []] == [["a"]]
+
+
+def test_unknown_request_parameter_is_named_before_anything_runs() -> None:
+    table = PromptTable.from_records([{"key": "a", "prompt": "p"}])
+    with pytest.raises(InvalidRequestError, match="unknown request parameter.*qualty"):
+        image_generation_asset(name="typo", prompts=table, qualty="low")
+    with pytest.raises(InvalidRequestError, match="input_fidelity applies to edits only"):
+        image_generation_asset(name="fidelity", prompts=table, input_fidelity="high")
