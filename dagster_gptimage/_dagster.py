@@ -36,7 +36,9 @@ __all__ = [
     "downstream_signal",
     "get_input_data_version_tag",
     "get_input_event_pointer_tag",
+    "job_assets_defs",
     "latest_materialization_ids",
+    "latest_observation_ids",
     "op_function",
 ]
 
@@ -49,12 +51,33 @@ def op_function(asset: dg.AssetsDefinition) -> object:
     return getattr(compute_fn, "decorated_fn", None)
 
 
+def job_assets_defs(
+    context: dg.AssetExecutionContext,
+) -> dict[dg.AssetKey, dg.AssetsDefinition]:
+    """Every asset definition of the step's job (a run of ``dg.materialize`` has no repository, so
+    the job's asset layer is the one place that always knows them)."""
+    found: dict[dg.AssetKey, dg.AssetsDefinition] = {}
+    for data in context.job_def.asset_layer.data:
+        for key in data.assets_def.keys:
+            found[key] = data.assets_def
+    return found
+
+
 def latest_materialization_ids(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_keys: Sequence[str]
 ) -> Mapping[str, int]:
     """Storage id of the latest materialization of each of ``partition_keys`` (one query)."""
     return instance.get_latest_storage_id_by_partition(
         asset_key, DagsterEventType.ASSET_MATERIALIZATION, set(partition_keys)
+    )
+
+
+def latest_observation_ids(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_keys: Sequence[str]
+) -> Mapping[str, int]:
+    """Storage id of the latest observation of each of ``partition_keys`` (one query)."""
+    return instance.get_latest_storage_id_by_partition(
+        asset_key, DagsterEventType.ASSET_OBSERVATION, set(partition_keys)
     )
 
 

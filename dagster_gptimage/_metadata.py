@@ -39,6 +39,7 @@ __all__ = [
     "percentile",
     "preview_markdown",
     "run_summary",
+    "safe_preview",
 ]
 
 PREVIEW_MAX_SIDE = 128
@@ -120,6 +121,14 @@ def preview_markdown(data: bytes, *, max_side: int = PREVIEW_MAX_SIDE) -> dg.Met
 def _image_markdown(thumbnail: bytes) -> str:
     content_type = inspect_image(thumbnail, field="preview").content_type
     return f"![preview](data:{content_type};base64,{base64.b64encode(thumbnail).decode()})"
+
+
+def safe_preview(data: bytes) -> dg.MetadataValue | None:
+    """The preview, or None when the image cannot be previewed (it is still stored and checked)."""
+    try:
+        return preview_markdown(data)
+    except Exception:
+        return None
 
 
 def data_version_tags(
@@ -253,11 +262,18 @@ def run_summary(
     failed: int,
     cost_usd: float,
     latencies: Sequence[float],
+    requests: int = 0,
+    possibly_billed: int = 0,
 ) -> str:
-    """One log line a person can read at a glance at the end of a run."""
+    """One log line a person can read at a glance at the end of a run.
+
+    ``requests`` counts every request sent, refused ones (moderation, invalid) included;
+    ``possibly_billed`` is the part of them that may be on the bill.
+    """
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
-    latency = f"latency p50 {p50:.2f} s, p95 {p95:.2f} s" if p50 is not None else "no requests"
+    latency = f"latency p50 {p50:.2f} s, p95 {p95:.2f} s" if p50 is not None else "no images made"
     return (
         f"{asset_key.to_user_string()}: {made} images made, {cached} cached, {failed} failed; "
+        f"{requests} requests sent ({possibly_billed} possibly billed); "
         f"total cost ${cost_usd:.4f}; {latency}"
     )

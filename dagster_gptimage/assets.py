@@ -19,9 +19,9 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from dagster_gptimage._backfill import ImageJob, run_image_asset
+from dagster_gptimage._backfill import run_image_asset
 from dagster_gptimage._checks import CHECK_NAME, check_spec
-from dagster_gptimage._dagster import op_function
+from dagster_gptimage._job import ImageJob, attach_job
 from dagster_gptimage.errors import InvalidRequestError
 from dagster_gptimage.images import load_input_image
 from dagster_gptimage.models import MODEL_SPECS, ImageParams, request_defaults
@@ -41,7 +41,6 @@ IMAGE_CHECK_NAME = CHECK_NAME
 Partitioning = Literal["static", "dynamic"]
 
 _KINDS = {"openai", "image"}
-_JOB_ATTRIBUTE = "gptimage_job"
 
 
 class ImageAssetConfig(dg.Config):
@@ -54,16 +53,6 @@ class ImageAssetConfig(dg.Config):
             "request (this pays again)."
         ),
     )
-
-
-def image_job(asset: dg.AssetsDefinition) -> ImageJob | None:
-    """The definition-time description of an image asset made by this module, or None.
-
-    The job travels with the definition (on its op's body), so it survives ``dg.map_asset_specs``
-    and any other rewrite that keeps the op.
-    """
-    job = getattr(op_function(asset), _JOB_ATTRIBUTE, None)
-    return job if isinstance(job, ImageJob) else None
 
 
 def _asset_key(name: str, key_prefix: str | Sequence[str] | None) -> dg.AssetKey:
@@ -195,7 +184,7 @@ def _build(
         # No return annotation: Dagster reads it as the type of the op's (several) outputs.
         yield from run_image_asset(context, job, force=config.force)
 
-    setattr(_image_asset, _JOB_ATTRIBUTE, job)
+    attach_job(_image_asset, job)
     return dg.multi_asset(
         name=job.asset_key.to_python_identifier(),
         specs=[spec],

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "FINAL_REASONS",
     "AuthenticationError",
     "GPTImageError",
     "GPTImageTimeoutError",
@@ -22,6 +23,7 @@ __all__ = [
     "ProviderError",
     "QuotaExceededError",
     "RateLimitError",
+    "failure_reason",
     "short_repr",
 ]
 
@@ -156,3 +158,23 @@ class GPTImageTimeoutError(GPTImageError):
 
 class InvalidImageError(InvalidRequestError):
     """Bytes that are not a usable image: an input the caller supplied, or a provider response."""
+
+
+FINAL_REASONS = frozenset({"moderation", "invalid", "budget", "source"})
+"""Partition-failure reasons that a retry of the same run cannot fix."""
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why a partition failed, as one word a person filters on (metadata, logs, the run's error)."""
+    reasons: tuple[tuple[type[BaseException], str], ...] = (
+        (ModerationBlockedError, "moderation"),
+        (InvalidRequestError, "invalid"),
+        (AuthenticationError, "authentication"),
+        (QuotaExceededError, "quota"),
+        (RateLimitError, "rate limit"),
+        (GPTImageTimeoutError, "timeout"),
+    )
+    for kind, reason in reasons:
+        if isinstance(error, kind):
+            return reason
+    return "provider error"

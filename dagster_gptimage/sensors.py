@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import dagster as dg
 
 from dagster_gptimage._dagster import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from dagster_gptimage.assets import _validate_rows, image_job
+from dagster_gptimage._job import image_job
+from dagster_gptimage.assets import _validate_rows
 
 __all__ = ["prompt_table_sensor"]
 
