@@ -193,7 +193,7 @@ def test_sensor_accepts_an_asset_passed_through_map_asset_specs(
 
 def test_unknown_request_parameter_is_named_before_anything_runs() -> None:
     table = PromptTable.from_records([{"key": "a", "prompt": "p"}])
-    with pytest.raises(InvalidRequestError, match="unknown request parameter.*qualty"):
+    with pytest.raises(InvalidRequestError, match=r"unknown request parameter.*qualty"):
         image_generation_asset(name="typo", prompts=table, qualty="low")
     with pytest.raises(InvalidRequestError, match="input_fidelity applies to edits only"):
         image_generation_asset(name="fidelity", prompts=table, input_fidelity="high")
