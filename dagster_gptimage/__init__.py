@@ -50,6 +50,7 @@ from dagster_gptimage.pricing import (
     cost_of_usage,
     estimate_cost,
 )
+from dagster_gptimage.prompt_rows import prompt_rows_asset, row_data_version
 from dagster_gptimage.prompts import PromptRow, PromptTable, PromptTableError
 from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.sensors import prompt_table_sensor
@@ -102,7 +103,9 @@ __all__ = [
     "image_edit_asset",
     "image_generation_asset",
     "image_manifest_asset",
+    "prompt_rows_asset",
     "prompt_table_sensor",
     "request_fingerprint",
+    "row_data_version",
     "validate_request",
 ]

@@ -20,6 +20,7 @@ from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import InvalidRequestError
 from dagster_gptimage.fingerprint import request_fingerprint
 from dagster_gptimage.models import ImageRequest
+from dagster_gptimage.prompt_rows import row_data_version
 from dagster_gptimage.prompts import PromptRow, PromptTable
 from dagster_gptimage.storage import ImageRecord, ImageStore, SourceImage, redact_url
 
@@ -29,7 +30,6 @@ __all__ = [
     "Planner",
     "SourceProblem",
     "read_cached",
-    "row_version",
     "short_error",
 ]
 
@@ -92,13 +92,6 @@ def read_cached(
     return record.model_copy(update={"path": path}), data
 
 
-def row_version(row: PromptRow, mask_column: str | None = None) -> str:
-    """The data version of a prompt row: a hash of everything in it that goes into the request."""
-    from dagster_gptimage._prompt_rows import row_data_version
-
-    return row_data_version(row, mask_column)
-
-
 def _resolve_location(location: str, table: PromptTable | None) -> str:
     """A per-row mask path relative to a local prompt table resolves next to that table."""
     if "://" in location or "::" in location or os.path.isabs(location):
@@ -133,11 +126,12 @@ class Planner:
         self._fixed_mask: bytes | None = None
 
     def rows(self, keys: Sequence[str]) -> dict[str, PromptRow | None]:
-        table = self.table
-        if table is None:
+        """The rows as the table holds them now: a run re-reads its table (tables from records
+        have nothing to re-read), so a row changed since the code loaded is made as it reads now,
+        which is what its observed data version says."""
+        if self.table is None:
             return dict.fromkeys(keys)
-        if self.job.dynamic and any(key not in table for key in keys):
-            table = self.table = table.reload()
+        table = self.table = self.table.reload()
         return {key: table.row(key) if key in table else None for key in keys}
 
     def read_source(self, source: dg.AssetKey, key: str) -> tuple[SourceImage, bytes]:
@@ -256,7 +250,9 @@ class Planner:
             sources=sources,
             mask=mask,
             mask_location=self.mask_location(row) if self.job.kind == "edit" else None,
-            row_version=row_version(row, self.job.mask_column) if row is not None else None,
+            row_version=(
+                row_data_version(row) if row is not None and self.job.kind == "generate" else None
+            ),
         )
         if not self.force:
             hit = read_cached(self.store, self.job.asset_key, key, planned.fingerprint)

@@ -25,6 +25,7 @@ from dagster_gptimage._job import ImageJob, attach_job
 from dagster_gptimage.errors import InvalidRequestError
 from dagster_gptimage.images import load_input_image
 from dagster_gptimage.models import MODEL_SPECS, ImageParams, request_defaults
+from dagster_gptimage.prompt_rows import prompt_rows_key
 from dagster_gptimage.prompts import PromptTable, PromptTableError
 from dagster_gptimage.storage import redact_url
 
@@ -215,6 +216,7 @@ def image_generation_asset(
     owners: Sequence[str] | None = None,
     pool: str | None = None,
     code_version: str | None = None,
+    prompts_key: str | Sequence[str] | dg.AssetKey | None = None,
     **request_params: Any,
 ) -> dg.AssetsDefinition:
     """A partitioned image asset with one partition per row of ``prompts`` (key = partition key).
@@ -231,8 +233,17 @@ def image_generation_asset(
     by the same request (run config ``force: true`` regenerates) and refuses to pass ``max_cost_usd``.
     Images go to the ``ImageStore`` under ``store_key``; the asset has no IO-manager output, so
     downstream assets read images from the store (as ``image_edit_asset`` does).
+
+    The asset depends on its prompt rows, ``prompts_key`` (default ``<name>_prompts``): add
+    ``prompt_rows_asset(asset)`` to your definitions to see them in the asset graph with one data
+    version per row, so that a changed row marks exactly its image partition stale.
     """
     asset_key = _asset_key(name, key_prefix)
+    rows_key = (
+        prompt_rows_key(asset_key)
+        if prompts_key is None
+        else dg.AssetKey.from_coercible(prompts_key)  # type: ignore[arg-type]
+    )
     what = f"image asset {asset_key.to_user_string()}"
     _check_budget(max_cost_usd)
     defaults = request_defaults(what, edit=False, model=model, **request_params)
@@ -249,11 +260,12 @@ def image_generation_asset(
         store_key=store_key,
         dynamic=partitioning == "dynamic",
         code_version=code_version,
+        prompts_key=rows_key,
     )
     return _build(
         job,
         partitions_def=partitions_def,
-        deps=(),
+        deps=(rows_key,),
         description=description or prompts.description,
         metadata={
             "prompt_table": dg.MetadataValue.text(prompts.source or "in-memory records"),

@@ -30,10 +30,21 @@ def instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.ephemeral()
 
 
+_CURSORS: dict[tuple[int, str], str | None] = {}
+
+
 def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, defs: dg.Definitions):  # type: ignore[no-untyped-def]
-    """Evaluate one tick and apply its partition requests, as the sensor daemon does."""
-    result = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+    """Evaluate one tick and apply its partition requests and cursor, as the sensor daemon does."""
+    cursor_key = (id(instance), sensor.name)
+    context = dg.build_sensor_context(
+        instance=instance, definitions=defs, cursor=_CURSORS.get(cursor_key)
+    )
+    result = sensor(context)
     if isinstance(result, dg.SensorResult):
+        if result.cursor is not None:
+            _CURSORS[cursor_key] = result.cursor
+        for event in result.asset_events or []:
+            instance.report_runless_asset_event(event)
         for request in result.dynamic_partitions_requests or []:
             assert isinstance(request, dg.AddDynamicPartitionsRequest)
             instance.add_dynamic_partitions(
@@ -134,12 +145,13 @@ def test_edits_of_a_dynamic_asset_share_its_partitions(tmp_path: Path) -> None:
     assert edited.partitions_def == asset.partitions_def
 
 
-def test_sensor_needs_a_dynamic_generation_asset() -> None:
+def test_sensor_needs_a_generation_asset() -> None:
+    """Static partitioning is followed too (issue 13: its rows' versions are observed); anything
+    that is not a generation asset is refused."""
     static = image_generation_asset(
         name="static_kites", prompts=PromptTable.from_records([{"key": "a", "prompt": "p"}])
     )
-    with pytest.raises(ValueError, match="partitioning='dynamic'"):
-        prompt_table_sensor(static)
+    assert prompt_table_sensor(static).name == "static_kites_prompt_table_sensor"
 
     @dg.asset
     def unrelated() -> None: ...
