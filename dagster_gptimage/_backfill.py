@@ -46,13 +46,12 @@ from dagster_gptimage._metadata import (
 )
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import (
+    FINAL_REASONS,
     AuthenticationError,
     GPTImageError,
-    GPTImageTimeoutError,
     InvalidRequestError,
-    ModerationBlockedError,
     QuotaExceededError,
-    RateLimitError,
+    failure_reason,
     short_repr,
 )
 from dagster_gptimage.fingerprint import request_fingerprint
@@ -66,7 +65,7 @@ Kind = Literal["generate", "edit"]
 _END = object()
 _PLAN_THREADS = 8
 _LISTED_FAILURES = 100
-_FINAL_REASONS = frozenset({"moderation", "invalid", "budget", "source"})
+_FINAL_REASONS = FINAL_REASONS
 
 
 @dataclass(frozen=True)
@@ -153,20 +152,7 @@ class _Budget:
         self.spent += cost
 
 
-def _reason(error: BaseException) -> str:
-    if isinstance(error, ModerationBlockedError):
-        return "moderation"
-    if isinstance(error, InvalidRequestError):
-        return "invalid"
-    if isinstance(error, AuthenticationError):
-        return "authentication"
-    if isinstance(error, QuotaExceededError):
-        return "quota"
-    if isinstance(error, RateLimitError):
-        return "rate limit"
-    if isinstance(error, GPTImageTimeoutError):
-        return "timeout"
-    return "provider error"
+_reason = failure_reason
 
 
 def _short(error: BaseException, limit: int = 300) -> str:
