@@ -52,6 +52,7 @@ from dagster_gptimage.pricing import (
 from dagster_gptimage.prompts import PromptRow, PromptTable, PromptTableError
 from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.sensors import prompt_table_sensor
+from dagster_gptimage.settings import ClientSettings
 from dagster_gptimage.storage import ImageRecord, ImageStore, SourceImage
 from dagster_gptimage.validation import validate_request
 from dagster_gptimage.version import __version__
@@ -63,6 +64,7 @@ __all__ = [
     "IMAGE_CHECK_NAME",
     "MANIFEST_COLUMNS",
     "AuthenticationError",
+    "ClientSettings",
     "EditRequest",
     "GPTImageClient",
     "GPTImageComponent",

@@ -21,7 +21,9 @@ __all__ = ["ClientSettings"]
 
 
 class ClientOptions(BaseModel):
-    """Every client setting but the API key: the part a YAML file may hold literally."""
+    """Every client setting but the API key and the default model: the part of the settings the
+    YAML component's ``resource:`` block holds as is (it names the key's environment variable
+    instead, and sets the model of each asset as ``image_model``)."""
 
     provider: Provider = Field(
         default="openai", description="openai, azure, gateway (OpenAI-compatible) or emulator."
@@ -30,7 +32,6 @@ class ClientOptions(BaseModel):
         default=None,
         description="API base URL. Required for azure (https://{resource}.openai.azure.com).",
     )
-    model: str = Field(default="gpt-image-2", description="Default model of requests.")
     timeout_s: float = Field(
         default=600.0,
         gt=0,
@@ -91,14 +92,15 @@ class ClientOptions(BaseModel):
         }
 
 
-class _Key(BaseModel):
+class _KeyAndModel(BaseModel):
     api_key: str | None = Field(
         default=None,
         description='API key; use dg.EnvVar("OPENAI_API_KEY"). Not needed for the emulator.',
     )
+    model: str = Field(default="gpt-image-2", description="Default model of requests.")
 
 
-class ClientSettings(ClientOptions, _Key, dg.Config):
+class ClientSettings(ClientOptions, _KeyAndModel, dg.Config):
     """Settings of a :class:`~dagster_gptimage.client.GPTImageClient`, immutable and validated.
 
     ``GPTImageClient(ClientSettings(...))`` and ``GPTImageClient(**fields)`` are equivalent;
