@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from dagster_gptimage import _providers as providers
 from dagster_gptimage import _retry
 from dagster_gptimage._billing import Tally
 
-__all__ = ["BODY_SLOTS", "Exchange", "LoopPools", "LoopState", "PoolSettings", "Prepared", "send"]
+__all__ = ["BODY_SLOTS", "LoopPools", "LoopState", "PoolSettings", "Prepared", "send"]
 
 BODY_SLOTS = 2
 """Responses read, parsed and decoded at once per event loop. A 4K PNG arrives as a 15 MB body,
@@ -139,27 +140,18 @@ class LoopPools:
                 task.add_done_callback(self._closing.discard)
 
 
-@dataclass(frozen=True)
-class Exchange:
-    """Where and how one attempt is sent; ``retry_on_timeout`` and ``timeout_s`` judge failures."""
-
-    base_url: str
-    headers: dict[str, str] = field(repr=False)
-    timeout_s: float
-    retry_on_timeout: bool
-
-
 async def send(
     state: LoopState,
-    exchange: Exchange,
     prepared: Prepared,
+    headers: Mapping[str, str],
     images: int,
     tally: Tally,
-    estimate: float,
+    failure: Callable[[httpx.TransportError, bool], _retry.AttemptFailed],
     body_slot: contextlib.AsyncExitStack,
 ) -> tuple[int, httpx.Headers, bytes]:
-    """One HTTP exchange under the concurrency bound and rate limit (``images`` long); transport
-    failures become verdicts. The body is read once a body slot is free (held in ``body_slot``)."""
+    """One HTTP exchange under the concurrency bound and rate limit (``images`` long); a transport
+    failure becomes ``failure(exc, sent)``, ``sent`` telling whether the server may have started
+    generating. The body is read once a body slot is free (held in ``body_slot``)."""
     async with state.semaphore:
         if state.limiter is not None:
             await state.limiter.acquire(min(float(images), state.limiter.max_rate))
@@ -170,20 +162,8 @@ async def send(
             json=prepared.json,
             data=prepared.data,
             files=prepared.files,
-            headers=exchange.headers,
+            headers=dict(headers),
         )
-
-        def failure(exc: httpx.TransportError, sent: bool) -> _retry.AttemptFailed:
-            return _retry.transport_failure(
-                exc,
-                tally,
-                estimate,
-                sent=sent,
-                base_url=exchange.base_url,
-                timeout_s=exchange.timeout_s,
-                retry_on_timeout=exchange.retry_on_timeout,
-            )
-
         try:
             response = await state.http.send(http_request, stream=True)
         except httpx.TransportError as exc:

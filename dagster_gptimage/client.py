@@ -26,11 +26,10 @@ import httpx
 from pydantic import ValidationError
 
 from dagster_gptimage import _providers as providers
-from dagster_gptimage import _responses, _retry, _transport
+from dagster_gptimage import _retry, _transport
 from dagster_gptimage._billing import Tally
-from dagster_gptimage._downloads import Downloader
+from dagster_gptimage._exchange import Exchange
 from dagster_gptimage._loop import LoopThread
-from dagster_gptimage.errors import GPTImageError
 from dagster_gptimage.images import load_input_image
 from dagster_gptimage.models import (
     EditRequest,
@@ -95,7 +94,9 @@ class GPTImageClient:
             gateway_response_format=s.gateway_response_format,
         )
         self.prices = PriceTable(s.prices)
-        self._headers = providers.base_headers(default_headers)
+        self._exchange = Exchange(
+            s, self._settings, self.prices, providers.base_headers(default_headers)
+        )
         self._emulator: Emulator | None = emulator if s.provider == "emulator" else None
         in_process = s.provider == "emulator" and transport is None
         if in_process and (s.base_url is None or emulator is not None):
@@ -242,7 +243,7 @@ class GPTImageClient:
     async def _execute(self, request: ImageRequest) -> ImageResult:
         """``execute`` for a request already validated for this provider."""
         estimate = self.estimate_cost(request)
-        prepared = self._prepare(request)
+        prepared = self._exchange.prepare(request)
         state = self._state()
         tally = Tally()
         max_attempts = self.max_retries + 1
@@ -252,11 +253,11 @@ class GPTImageClient:
             ):
                 with attempt:
                     async with contextlib.AsyncExitStack() as body_slot:
-                        return await self._attempt(
+                        return await self._exchange.attempt(
                             state, request, prepared, tally, estimate, body_slot
                         )
         except _retry.AttemptFailed as failed:
-            raise tally.charge(self._scrubbed(failed.error), self.provider) from None
+            raise tally.charge(self._exchange.scrubbed(failed.error), self.provider) from None
         raise AssertionError("unreachable: stamina yields at least one attempt")
 
     # --- sync twins ----------------------------------------------------------------------------
@@ -349,58 +350,6 @@ class GPTImageClient:
 
     def _state(self) -> _transport.LoopState:
         return self._pools.state()
-
-    def _prepare(self, request: ImageRequest) -> _transport.Prepared:
-        if isinstance(request, EditRequest):
-            data, files = providers.edit_form(request, self._settings)
-            url = providers.endpoint_url(self._settings, "edits")
-            return _transport.Prepared(url=url, data=data, files=files)
-        return _transport.Prepared(
-            url=providers.endpoint_url(self._settings, "generations"),
-            json=providers.generation_body(request, self._settings),
-        )
-
-    def _scrubbed(self, error: GPTImageError) -> GPTImageError:
-        """Remove the key from provider-supplied text: some proxies echo the credential back."""
-        key = self._settings.api_key
-        if key:
-            error.message = error.message.replace(key, "***")
-            error.args = (error.message,)
-            if error.param:
-                error.param = error.param.replace(key, "***")
-            if error.code:
-                error.code = error.code.replace(key, "***")
-        return error
-
-    async def _attempt(
-        self,
-        state: _transport.LoopState,
-        request: ImageRequest,
-        prepared: _transport.Prepared,
-        tally: Tally,
-        estimate: float,
-        body_slot: contextlib.AsyncExitStack,
-    ) -> ImageResult:
-        """One HTTP attempt; its response is read and processed in a body slot (``BODY_SLOTS``)
-        that ``body_slot`` releases when the attempt is over."""
-        exchange = _transport.Exchange(
-            base_url=self.base_url,
-            headers={**self._headers, **providers.auth_headers(self._settings)},
-            timeout_s=self.timeout_s,
-            retry_on_timeout=self.retry_on_timeout,
-        )
-        status, headers, body = await _transport.send(
-            state, exchange, prepared, request.n, tally, estimate, body_slot
-        )
-        tally.request_id = providers.request_id_from(headers, self.provider) or tally.request_id
-        if not 200 <= status < 300:
-            error = providers.error_from_response(status, headers, body, self.provider)
-            raise _retry.answer_failure(
-                self._scrubbed(error), headers, max_retry_wait_s=self.max_retry_wait_s
-            )
-        downloads = Downloader(state.http, self.max_download_bytes, self.allow_insecure_downloads)
-        answer = _responses.Answer(request, status, tally, estimate)
-        return await _responses.read_result(answer, body, self.prices, self.provider, downloads)
 
 
 def _validated(settings: ClientSettings | None, overrides: dict[str, Any]) -> ClientSettings:
