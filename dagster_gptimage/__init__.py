@@ -54,6 +54,7 @@ from dagster_gptimage.prompt_rows import prompt_rows_asset, row_data_version
 from dagster_gptimage.prompts import PromptRow, PromptTable, PromptTableError
 from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.sensors import prompt_table_sensor
+from dagster_gptimage.settings import ClientSettings
 from dagster_gptimage.storage import ImageRecord, ImageStore, SourceImage
 from dagster_gptimage.validation import validate_request
 from dagster_gptimage.version import __version__
@@ -65,6 +66,7 @@ __all__ = [
     "IMAGE_CHECK_NAME",
     "MANIFEST_COLUMNS",
     "AuthenticationError",
+    "ClientSettings",
     "EditRequest",
     "GPTImageClient",
     "GPTImageComponent",

@@ -23,35 +23,67 @@ _POLL_S = 0.5
 
 class LoopThread:
     """``with LoopThread() as loop: loop.run(coro)``; on exit, whatever still runs is cancelled
-    and awaited, worker threads are joined, and the loop is closed."""
+    and awaited, worker threads are joined, and the loop is closed.
 
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="gptimage-requests", daemon=True
-        )
+    Also the sync face of :class:`~dagster_gptimage.client.GPTImageClient`, which starts one
+    lazily (``start()``) and ends it with ``stop()``: that works from any thread, the loop's own
+    included (a garbage-collection finalizer may run there), and cancels nothing.
+    """
 
-    def __enter__(self) -> LoopThread:
-        self._thread.start()
+    def __init__(self, name: str = "gptimage-requests") -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self) -> LoopThread:
+        self.thread.start()
         return self
 
+    def __enter__(self) -> LoopThread:
+        return self.start()
+
     def submit(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        return self.submit(coro).result()
+        """Run ``coro`` on the loop and wait for it; refused on the loop's own thread, where
+        waiting would deadlock."""
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError(
+                f"a blocking call was made from the event loop thread {self.thread.name!r}; "
+                "use the async method instead"
+            )
+        future = self.submit(coro)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
 
     def cancel_all(self) -> None:
         self.run(_cancel_all())
 
+    def stop(self) -> None:
+        """Stop and close the loop without cancelling what runs on it."""
+        if self.loop.is_closed():
+            return
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            if threading.current_thread() is not self.thread:
+                self.thread.join()
+        if not self.thread.is_alive():
+            self.loop.close()
+
     def __exit__(self, *exc_info: object) -> None:
         try:
             self.cancel_all()
-            self.run(self._loop.shutdown_default_executor())
+            self.run(self.loop.shutdown_default_executor())
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+            self.stop()
 
 
 async def _cancel_all() -> None:

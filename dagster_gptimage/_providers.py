@@ -27,6 +27,7 @@ from dagster_gptimage.errors import (
     ProviderError,
     QuotaExceededError,
     RateLimitError,
+    is_retryable_answer,
 )
 from dagster_gptimage.models import EditRequest, GenerateRequest, ImageParams, Provider
 from dagster_gptimage.version import __version__
@@ -68,7 +69,6 @@ MODERATION_CODES = frozenset(
     {"moderation_blocked", "contentfilter", "content_filter", "content_policy_violation"}
 )
 _QUOTA_CODES = frozenset({"insufficient_quota", "insufficient_balance"})
-_RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _SNIPPET = 300
 
 
@@ -359,18 +359,9 @@ def should_retry_header(headers: Mapping[str, str]) -> bool | None:
 
 
 def is_retryable_error(error: GPTImageError, headers: Mapping[str, str]) -> bool:
-    """Whether a non-2xx answer is worth another attempt.
-
-    Moderation, credentials and exhausted quota are final whatever the server hints: a retry
-    cannot change their outcome. Otherwise ``x-should-retry`` overrides the status-based rule.
-    """
-    if isinstance(error, (ModerationBlockedError, AuthenticationError, QuotaExceededError)):
-        return False
-    hint = should_retry_header(headers)
-    if hint is not None:
-        return hint
-    status = error.status_code or 0
-    return status in _RETRYABLE_STATUSES or status >= 500
+    """Whether a non-2xx answer is worth another attempt (decided by
+    :func:`~dagster_gptimage.errors.is_retryable_answer`, with the server's header as its hint)."""
+    return is_retryable_answer(error, should_retry_header(headers))
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

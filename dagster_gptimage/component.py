@@ -47,6 +47,7 @@ from dagster_gptimage.models import (
 from dagster_gptimage.prompts import PromptTable, PromptTableError, TableFormat
 from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.sensors import prompt_table_sensor
+from dagster_gptimage.settings import ClientOptions
 from dagster_gptimage.storage import ImageStore
 
 __all__ = [
@@ -164,10 +165,13 @@ class _PreciseSchema(_ResolvableBase):
         return derived
 
 
-class ResourceSpec(_PreciseSchema, dg.Model):
-    """The component's own GPTImageResource (omit the block to use the project's resource)."""
+class ResourceSpec(_PreciseSchema, ClientOptions, dg.Model):
+    """The component's own GPTImageResource (omit the block to use the project's resource).
 
-    provider: Literal["auto", "openai", "azure", "gateway", "emulator"] = Field(
+    Its fields are the client's settings (``ClientSettings``), with the key named by
+    ``api_key_env`` instead of written, and ``provider`` also accepting ``auto``."""
+
+    provider: Literal["auto", "openai", "azure", "gateway", "emulator"] = Field(  # pyright: ignore[reportIncompatibleVariableOverride]
         default="openai",
         description=(
             "openai, azure, gateway (OpenAI-compatible), emulator (offline, placeholder images, "
@@ -181,27 +185,6 @@ class ResourceSpec(_PreciseSchema, dg.Model):
             "Name of the environment variable holding the API key (never the key itself). "
             "Default: OPENAI_API_KEY for openai/auto; required for azure and gateway."
         ),
-    )
-    base_url: str | None = Field(
-        default=None,
-        description="API base URL; required for azure (https://<resource>.openai.azure.com).",
-    )
-    azure_deployment: str | None = Field(
-        default=None, description="Azure deployment name (provider: azure)."
-    )
-    max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once.")
-    images_per_minute: float | None = Field(
-        default=None, gt=0, description="Optional rate limit in images per minute."
-    )
-    timeout_s: float = Field(default=600.0, gt=0, description="Read timeout per attempt.")
-    max_retries: int = Field(default=4, ge=0, description="Retries after the first attempt.")
-    emulator_name: str | None = Field(
-        default=None,
-        description="Which in-process emulator serves provider emulator (default: 'default').",
-    )
-    emulator_options: dict[str, Any] | None = Field(
-        default=None,
-        description="Emulator settings (latency_s, fault rates …) when the emulator serves.",
     )
 
 
@@ -704,23 +687,12 @@ class _Builder:
                 "provider azure needs base_url and azure_deployment",
                 "set base_url: https://<resource>.openai.azure.com and azure_deployment",
             )
-        options: dict[str, Any] = {
-            "provider": provider,
-            "max_concurrency": spec.max_concurrency,
-            "images_per_minute": spec.images_per_minute,
-            "timeout_s": spec.timeout_s,
-            "max_retries": spec.max_retries,
-        }
+        options: dict[str, Any] = spec.model_dump(
+            exclude={"provider", "api_key_env"}, exclude_defaults=True
+        )
+        options["provider"] = provider
         if provider != "emulator" and env is not None:
             options["api_key"] = dg.EnvVar(env)
-        if spec.base_url is not None:
-            options["base_url"] = spec.base_url
-        if spec.azure_deployment is not None:
-            options["azure_deployment"] = spec.azure_deployment
-        if spec.emulator_name is not None:
-            options["emulator_name"] = spec.emulator_name
-        if spec.emulator_options:
-            options["emulator_options"] = dict(spec.emulator_options)
         return GPTImageResource(**options)
 
     def _image_store(self, spec: ImageStoreSpec) -> ImageStore:

@@ -24,6 +24,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitError",
     "failure_reason",
+    "is_retryable_answer",
     "short_repr",
 ]
 
@@ -160,21 +161,43 @@ class InvalidImageError(InvalidRequestError):
     """Bytes that are not a usable image: an input the caller supplied, or a provider response."""
 
 
+# --- classification: the one place that says what a failure means ------------------------------
+
 FINAL_REASONS = frozenset({"moderation", "invalid", "budget", "source"})
-"""Partition-failure reasons that a retry of the same run cannot fix."""
+"""Partition-failure reasons that a retry of the run cannot change (``budget`` and ``source`` are
+the backfill's own: the run's budget refused the request, a source image changed or vanished)."""
+
+_ALWAYS_FINAL = (ModerationBlockedError, AuthenticationError, QuotaExceededError)
+_RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
 
 def failure_reason(error: BaseException) -> str:
-    """Why a partition failed, as one word a person filters on (metadata, logs, the run's error)."""
-    reasons: tuple[tuple[type[BaseException], str], ...] = (
-        (ModerationBlockedError, "moderation"),
-        (InvalidRequestError, "invalid"),
-        (AuthenticationError, "authentication"),
-        (QuotaExceededError, "quota"),
-        (RateLimitError, "rate limit"),
-        (GPTImageTimeoutError, "timeout"),
-    )
-    for kind, reason in reasons:
-        if isinstance(error, kind):
-            return reason
+    """The short reason a partition failed, as reported per partition and counted per run."""
+    if isinstance(error, ModerationBlockedError):
+        return "moderation"
+    if isinstance(error, InvalidRequestError):
+        return "invalid"
+    if isinstance(error, AuthenticationError):
+        return "authentication"
+    if isinstance(error, QuotaExceededError):
+        return "quota"
+    if isinstance(error, RateLimitError):
+        return "rate limit"
+    if isinstance(error, GPTImageTimeoutError):
+        return "timeout"
     return "provider error"
+
+
+def is_retryable_answer(error: GPTImageError, server_hint: bool | None = None) -> bool:
+    """Whether a provider's non-2xx answer, mapped to ``error``, is worth another attempt.
+
+    Moderation, credentials and exhausted quota are final whatever the server hints: a retry
+    cannot change their outcome. Otherwise the server's own verdict (``x-should-retry``, as
+    ``server_hint``) overrides the status-based rule.
+    """
+    if isinstance(error, _ALWAYS_FINAL):
+        return False
+    if server_hint is not None:
+        return server_hint
+    status = error.status_code or 0
+    return status in _RETRYABLE_STATUSES or status >= 500

@@ -77,7 +77,7 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     (
         "Client and results",
         "Use the client directly, outside Dagster, or through `GPTImageResource.get_client()`.",
-        ["GPTImageClient", "ImageResult", "GeneratedImage", "Usage"],
+        ["GPTImageClient", "ClientSettings", "ImageResult", "GeneratedImage", "Usage"],
     ),
     (
         "Requests",

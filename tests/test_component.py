@@ -197,7 +197,8 @@ def test_yaml_builds_the_same_assets_as_the_python_factories(project: Project) -
     scenes, night, snow = (
         dg.AssetKey(["gallery", name]) for name in ("scenes", "scenes_night", "scenes_night_snow")
     )
-    assert set(graph.get_all_asset_keys()) == {scenes, night, snow}
+    prompts = dg.AssetKey(["gallery", "scenes_prompts"])
+    assert set(graph.get_all_asset_keys()) == {prompts, scenes, night, snow}
 
     table = PromptTable.from_path(project.defs / "scenes" / "prompts.csv")
     python = image_generation_asset(
@@ -757,7 +758,7 @@ def test_dg_scaffold_defs_passes_dg_check_defs(project: Project, dg_env: dict[st
     listed = run_dg(project, dg_env, "list", "defs", "--json")
     assert listed.returncode == 0, listed.stderr
     keys = {asset["asset_key"] for asset in json.loads(listed.stdout)["assets"]}
-    assert keys == {"street_scenes", "street_scenes_watercolor"}
+    assert keys == {"street_scenes_prompts", "street_scenes", "street_scenes_watercolor"}
 
 
 @pytest.mark.slow

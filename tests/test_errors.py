@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from dagster_gptimage.errors import (
+    FINAL_REASONS,
     AuthenticationError,
     GPTImageError,
     GPTImageTimeoutError,
@@ -15,6 +16,8 @@ from dagster_gptimage.errors import (
     ProviderError,
     QuotaExceededError,
     RateLimitError,
+    failure_reason,
+    is_retryable_answer,
     short_repr,
 )
 
@@ -153,3 +156,44 @@ def test_short_repr_survives_broken_repr() -> None:
             raise RuntimeError("no")
 
     assert short_repr(Broken()) == "<unrepresentable Broken>"
+
+
+# --- classification ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "final"),
+    [
+        (ModerationBlockedError("m"), "moderation", True),
+        (InvalidRequestError("i"), "invalid", True),
+        (InvalidImageError("i"), "invalid", True),
+        (AuthenticationError("a"), "authentication", False),
+        (QuotaExceededError("q"), "quota", False),
+        (RateLimitError("r"), "rate limit", False),
+        (GPTImageTimeoutError("t"), "timeout", False),
+        (ProviderError("p"), "provider error", False),
+        (GPTImageError("g"), "provider error", False),
+        (RuntimeError("x"), "provider error", False),
+    ],
+)
+def test_failure_reason(error: BaseException, reason: str, final: bool) -> None:
+    assert failure_reason(error) == reason
+    assert (failure_reason(error) in FINAL_REASONS) is final
+
+
+@pytest.mark.parametrize(
+    ("error", "hint", "retryable"),
+    [
+        (ModerationBlockedError("m", status_code=400), True, False),
+        (AuthenticationError("a", status_code=401), True, False),
+        (QuotaExceededError("q", status_code=429), None, False),
+        (RateLimitError("r", status_code=429), None, True),
+        (ProviderError("p", status_code=503), None, True),
+        (ProviderError("p", status_code=503), False, False),
+        (InvalidRequestError("i", status_code=400), None, False),
+        (InvalidRequestError("i", status_code=400), True, True),
+        (ProviderError("p", status_code=409), None, True),
+    ],
+)
+def test_is_retryable_answer(error: GPTImageError, hint: bool | None, retryable: bool) -> None:
+    assert is_retryable_answer(error, hint) is retryable

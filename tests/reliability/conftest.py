@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dagster_gptimage import client as client_module
+from dagster_gptimage import _retry as retry_module
 
 
 @pytest.fixture
@@ -34,6 +34,6 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     A provider's ``retry-after`` is still honoured as given (the emulator's ``retry_after_s``),
     unlike ``stamina.set_testing``, which would zero it too.
     """
-    monkeypatch.setattr(client_module, "_WAIT_INITIAL_S", 0.005)
-    monkeypatch.setattr(client_module, "_WAIT_MAX_S", 0.02)
-    monkeypatch.setattr(client_module, "_WAIT_JITTER_S", 0.005)
+    monkeypatch.setattr(retry_module, "_WAIT_INITIAL_S", 0.005)
+    monkeypatch.setattr(retry_module, "_WAIT_MAX_S", 0.02)
+    monkeypatch.setattr(retry_module, "_WAIT_JITTER_S", 0.005)

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from _reliability import SIZE
 
-from dagster_gptimage import client as client_module
+from dagster_gptimage import _responses as responses_module
+from dagster_gptimage import _transport as transport_module
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.emulator import Emulator
 
@@ -48,14 +49,16 @@ async def test_answers_arriving_together_are_decoded_a_few_at_a_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     counter = _Concurrency()
-    monkeypatch.setattr(client_module, "inspect_image", counter.wrap(client_module.inspect_image))
+    monkeypatch.setattr(
+        responses_module, "inspect_image", counter.wrap(responses_module.inspect_image)
+    )
     emulator = Emulator(latency_s=0.3)
     async with GPTImageClient(provider="emulator", emulator=emulator, max_concurrency=8) as client:
         results = await asyncio.gather(*(client.generate(f"p {i}", size=SIZE) for i in range(8)))
 
     assert [len(r.images) for r in results] == [1] * 8
     assert emulator.stats.requests == 8
-    assert 1 <= counter.peak <= client_module._BODY_SLOTS
+    assert 1 <= counter.peak <= transport_module.BODY_SLOTS
 
 
 @pytest.mark.parametrize("concurrency", [1, 2])

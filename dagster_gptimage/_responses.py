@@ -1,0 +1,137 @@
+"""A successful (2xx) answer turned into an :class:`~dagster_gptimage.models.ImageResult`.
+
+The images are decoded (or downloaded from a gateway's URLs) and verified from their bytes, and the
+attempt is priced from the usage it reports. A 2xx answer whose images are unusable was possibly
+billed: it is counted before it is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dagster_gptimage import _providers as providers
+from dagster_gptimage._billing import Tally
+from dagster_gptimage._downloads import Downloader
+from dagster_gptimage._retry import AttemptFailed
+from dagster_gptimage.errors import InvalidImageError, ProviderError
+from dagster_gptimage.images import inspect_image
+from dagster_gptimage.models import GeneratedImage, ImageRequest, ImageResult, Provider, Usage
+from dagster_gptimage.pricing import PriceTable, cost_of_usage
+
+__all__ = ["Answer", "read_result"]
+
+_log = logging.getLogger("dagster_gptimage.client")
+
+
+@dataclass
+class Answer:
+    """One 2xx answer to ``request`` and what it cost so far (``cost``, of which ``unconfirmed``
+    is an estimate)."""
+
+    request: ImageRequest
+    status: int
+    tally: Tally
+    estimate: float
+    cost: float = 0.0
+    unconfirmed: float = 0.0
+
+    def possibly_billed(self, message: str, code: str) -> AttemptFailed:
+        """The attempt's answer arrived but is unusable: counted as possibly billed, retried."""
+        self.tally.billed(self.estimate)
+        error = ProviderError(
+            message, status_code=self.status, code=code, request_id=self.tally.request_id
+        )
+        return AttemptFailed(error, retry=True)
+
+
+async def read_result(
+    answer: Answer, body: bytes, prices: PriceTable, provider: Provider, downloads: Downloader
+) -> ImageResult:
+    """The result of a 2xx ``body``, or :class:`AttemptFailed` with its verdict."""
+    try:
+        parsed = providers.parse_images_body(body)
+    except ValueError as exc:
+        raise answer.possibly_billed(
+            f"HTTP {answer.status} with an unusable body (possibly billed): {exc}",
+            "invalid_response",
+        ) from None
+    # A 4K image is a 15 MB body and a 15 MB base64 text: drop each as soon as it is consumed,
+    # or every image in flight holds both while it is decoded.
+    del body
+
+    usage_known = isinstance(parsed.usage, Mapping)
+    usage = Usage.from_api(parsed.usage if usage_known else None)
+    if usage_known:
+        answer.cost = cost_of_usage(usage, prices.for_model(answer.request.model))
+    else:
+        answer.cost = answer.unconfirmed = answer.estimate
+
+    images: list[GeneratedImage] = []
+    for index, datum in enumerate(parsed.data):
+        if datum.b64_json:
+            encoded, datum.b64_json = datum.b64_json, None
+            data = _decoded(answer, encoded, index)
+            del encoded
+        else:
+            data = await _downloaded(answer, downloads, datum.url or "", index)
+        images.append(await _verified(answer, data, index, datum.revised_prompt))
+    request, tally = answer.request, answer.tally
+    if len(images) != request.n:
+        _log.warning("asked for n=%d images, the provider returned %d", request.n, len(images))
+    return ImageResult(
+        images=tuple(images),
+        usage=usage,
+        cost_usd=answer.cost + tally.cost_usd,
+        unconfirmed_cost_usd=answer.unconfirmed + tally.unconfirmed_cost_usd,
+        latency_s=tally.elapsed(),
+        attempts=tally.attempts,
+        possibly_billed_attempts=tally.billed_failures + 1,
+        request_id=tally.request_id,
+        model=request.model,
+        provider=provider,
+        created=parsed.created,
+    )
+
+
+def _decoded(answer: Answer, encoded: str, index: int) -> bytes:
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise answer.possibly_billed(
+            f"data[{index}].b64_json is not valid base64 (possibly billed)", "invalid_response"
+        ) from None
+
+
+async def _downloaded(answer: Answer, downloads: Downloader, url: str, index: int) -> bytes:
+    try:
+        return await downloads.fetch(url, index)
+    except ProviderError as error:
+        # The provider generated (and billed) the image; only the download failed, and
+        # generating again would bill again.
+        answer.tally.billed_priced(answer.cost, answer.unconfirmed)
+        error.request_id = error.request_id or answer.tally.request_id
+        raise AttemptFailed(error, retry=False) from None
+
+
+async def _verified(
+    answer: Answer, data: bytes, index: int, revised_prompt: str | None
+) -> GeneratedImage:
+    try:
+        info = await asyncio.to_thread(inspect_image, data, field=f"data[{index}]")
+    except InvalidImageError as exc:
+        raise answer.possibly_billed(
+            f"the provider returned an undecodable image (possibly billed): {exc}",
+            "invalid_image",
+        ) from None
+    return GeneratedImage(
+        data=data,
+        format=info.format,
+        width=info.width,
+        height=info.height,
+        revised_prompt=revised_prompt,
+    )

@@ -1,0 +1,178 @@
+"""HTTP transport of the client: per-event-loop pools and limits, and one bounded exchange.
+
+asyncio primitives and connection pools belong to one event loop, and a client may be used from
+several (its sync face's private loop, the caller's, successive ``asyncio.run`` calls), so every
+loop gets its own :class:`LoopState`, dropped when the loop is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from aiolimiter import AsyncLimiter
+
+from dagster_gptimage import _providers as providers
+from dagster_gptimage import _retry
+from dagster_gptimage._billing import Tally
+
+__all__ = ["BODY_SLOTS", "LoopPools", "LoopState", "PoolSettings", "Prepared", "send"]
+
+BODY_SLOTS = 2
+"""Responses read, parsed and decoded at once per event loop. A 4K PNG arrives as a 15 MB body,
+becomes 15 MB of base64 text, an 11 MB image and a 33 MB bitmap while it is verified; when many
+answers arrive together (a backfill's requests often share one latency), the other bodies wait in
+their sockets instead of all being decoded in memory at once. Decoding is CPU-bound, so more slots
+would not make a small machine faster either. Gateway URL downloads run in their response's slot."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An HTTP request body, built once per logical call and sent by every attempt."""
+
+    url: str
+    json: dict[str, Any] | None = None
+    data: dict[str, str] | None = None
+    files: list[providers.FormFile] | None = None
+
+
+@dataclass
+class LoopState:
+    """Per-event-loop resources: asyncio primitives and connection pools cannot cross loops."""
+
+    loop: weakref.ReferenceType[asyncio.AbstractEventLoop]
+    http: httpx.AsyncClient
+    semaphore: asyncio.Semaphore
+    limiter: AsyncLimiter | None
+    bodies: asyncio.Semaphore
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    transport: httpx.AsyncBaseTransport | None
+    max_concurrency: int
+    images_per_minute: float | None
+    timeout_s: float
+    connect_timeout_s: float
+    trust_env: bool
+
+
+class LoopPools:
+    """The :class:`LoopState` of every event loop that used the client (thread-safe)."""
+
+    def __init__(self, settings: PoolSettings) -> None:
+        self.settings = settings
+        self.states: dict[int, LoopState] = {}
+        self._lock = threading.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def state(self) -> LoopState:
+        """The running loop's state, created on first use (dropping those of closed loops)."""
+        loop = asyncio.get_running_loop()
+        key = id(loop)
+        with self._lock:
+            state = self.states.get(key)
+            if state is not None and state.loop() is loop:
+                return state
+            for other_key, other in list(self.states.items()):
+                other_loop = other.loop()
+                if other_loop is None or other_loop.is_closed():
+                    del self.states[other_key]
+            state = self.states[key] = self._new_state(loop)
+            return state
+
+    def _new_state(self, loop: asyncio.AbstractEventLoop) -> LoopState:
+        s = self.settings
+        # Gateway URL downloads need connections beside the requests in flight.
+        limits = httpx.Limits(
+            max_connections=s.max_concurrency + BODY_SLOTS,
+            max_keepalive_connections=s.max_concurrency + BODY_SLOTS,
+        )
+        http = httpx.AsyncClient(
+            transport=s.transport,
+            limits=limits,
+            timeout=httpx.Timeout(s.timeout_s, connect=s.connect_timeout_s),
+            headers={"User-Agent": providers.USER_AGENT},
+            follow_redirects=False,
+            trust_env=s.trust_env,
+        )
+        limiter = AsyncLimiter(s.images_per_minute, 60) if s.images_per_minute else None
+        return LoopState(
+            loop=weakref.ref(loop),
+            http=http,
+            semaphore=asyncio.Semaphore(s.max_concurrency),
+            limiter=limiter,
+            bodies=asyncio.Semaphore(BODY_SLOTS),
+        )
+
+    def pop(self, loop: asyncio.AbstractEventLoop) -> LoopState | None:
+        with self._lock:
+            state = self.states.get(id(loop))
+            if state is not None and state.loop() is loop:
+                del self.states[id(loop)]
+                return state
+            return None
+
+    def close_orphans(self) -> None:
+        """Drop pools whose loop is gone; close those on a loop that is running in this thread."""
+        with self._lock:
+            states = list(self.states.items())
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for key, state in states:
+            loop = state.loop()
+            if loop is None or loop.is_closed():
+                with self._lock:
+                    self.states.pop(key, None)
+            elif loop is running:
+                with self._lock:
+                    self.states.pop(key, None)
+                task = loop.create_task(state.http.aclose())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+
+async def send(
+    state: LoopState,
+    prepared: Prepared,
+    headers: Mapping[str, str],
+    images: int,
+    tally: Tally,
+    failure: Callable[[httpx.TransportError, bool], _retry.AttemptFailed],
+    body_slot: contextlib.AsyncExitStack,
+) -> tuple[int, httpx.Headers, bytes]:
+    """One HTTP exchange under the concurrency bound and rate limit (``images`` long); a transport
+    failure becomes ``failure(exc, sent)``, ``sent`` telling whether the server may have started
+    generating. The body is read once a body slot is free (held in ``body_slot``)."""
+    async with state.semaphore:
+        if state.limiter is not None:
+            await state.limiter.acquire(min(float(images), state.limiter.max_rate))
+        tally.start_attempt()
+        http_request = state.http.build_request(
+            "POST",
+            prepared.url,
+            json=prepared.json,
+            data=prepared.data,
+            files=prepared.files,
+            headers=dict(headers),
+        )
+        try:
+            response = await state.http.send(http_request, stream=True)
+        except httpx.TransportError as exc:
+            raise failure(exc, True) from None
+        try:
+            await body_slot.enter_async_context(state.bodies)
+            body = await response.aread()
+        except httpx.TransportError as exc:
+            raise failure(exc, response.is_success) from None
+        finally:
+            await response.aclose()
+        return response.status_code, response.headers, body
