@@ -228,6 +228,11 @@ def _report(
             target=f"≥ {TARGET_THROUGHPUT:.2f}",
             met=ratio >= TARGET_THROUGHPUT,
         )
+    report.add(
+        f"{label}.stored_per_minute",
+        done / wall_s * 60 if wall_s > 0 else 0.0,
+        note="partitions stored per minute of wall time, burst included",
+    )
     report.add(f"{label}.wall_s", wall_s, "s", note="runs released together, to the last run's end")
     report.add(f"{label}.ideal_s", ideal, "s", note="(total - burst) / limit + latency")
 
