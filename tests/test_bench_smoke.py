@@ -48,5 +48,8 @@ def test_quick_benchmarks_report_every_figure() -> None:
 
     assert figures["cache_n10.requests"] == 0
     assert figures["cache_n10.cached_materializations"] == 10
+    assert figures["ratelimit_quick.materialized"] <= 12
+    assert figures["ratelimit_quick.billed_images"] >= figures["ratelimit_quick.materialized"]
+    assert 0 <= figures["ratelimit_quick.share_429"] <= 100
     assert "targets missed:" in done.stdout
     assert "cpu_model:" in done.stdout

@@ -13,7 +13,9 @@ or over real HTTP (needs the ``emulator`` extra)::
 It validates requests like the real API (400s with ``param`` and ``code``), renders deterministic
 images of the requested size and format, reports realistic usage, counts what would have been
 billed, and injects faults (429, quota, 5xx, connection reset, truncated body, timeout,
-moderation) from configured rates or a deterministic script.
+moderation) from configured rates or a deterministic script. It can also enforce an account's
+rate limits (images and tokens per minute, token buckets shared by all its clients) with OpenAI's
+429s and ``x-ratelimit-*`` headers.
 
 What a client sees is what the wire would show it: authentication is required by default (the
 client sends a placeholder bearer to the emulator); a "reset" is a dropped connection

@@ -39,6 +39,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--retry-after", type=float, dest="retry_after_s", help="retry-after of 429s"
     )
+    limits = parser.add_argument_group(
+        "account rate limits", "token buckets shared by every client of this server"
+    )
+    limits.add_argument("--images-per-minute", type=float, help="IPM limit (default: none)")
+    limits.add_argument(
+        "--images-burst", type=float, help="images a full bucket holds (default: one minute's)"
+    )
+    limits.add_argument(
+        "--tokens-per-minute", type=float, help="image output tokens per minute (default: none)"
+    )
+    limits.add_argument(
+        "--tokens-burst", type=float, help="tokens a full bucket holds (default: one minute's)"
+    )
+    parser.add_argument("--max-recorded", type=int, help="requests kept in stats (default 500)")
     parser.add_argument("--hang", type=float, dest="hang_s", help="seconds a 'timeout' fault hangs")
     parser.add_argument("--moderation-word", help="prompts containing it are blocked")
     parser.add_argument("--seed", type=int)

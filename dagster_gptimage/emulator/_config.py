@@ -4,7 +4,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["FAULT_KINDS", "EmulatorConfig", "FaultKind", "Profile"]
+__all__ = ["FAULT_KINDS", "RATE_LIMIT_FIELDS", "EmulatorConfig", "FaultKind", "Profile"]
 
 Profile = Literal["openai", "azure", "gateway"]
 FaultKind = Literal[
@@ -21,6 +21,9 @@ FaultKind = Literal[
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 """What ``Emulator.script`` accepts. "ok" means "no fault for this request"."""
+
+RATE_LIMIT_FIELDS = ("images_per_minute", "images_burst", "tokens_per_minute", "tokens_burst")
+"""The account limits: changing any of them starts the buckets afresh, full."""
 
 _RATE_FIELDS = (
     "rate_limit_rate",
@@ -42,6 +45,8 @@ class EmulatorConfig(BaseModel):
 
     Fault rates are probabilities per request (drawn from a ``random.Random(seed)``); together they
     may not exceed 1. Scripted faults (``Emulator.script``) are consumed before any rate is drawn.
+    The account limits (``images_per_minute``, ``tokens_per_minute``) are not faults: they are
+    token buckets that answer 429 only to clients that go faster than the limit.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,6 +71,27 @@ class EmulatorConfig(BaseModel):
     latency_p95_s: float = Field(default=143.0, gt=0.0, description="Lognormal 95th percentile.")
     latency_scale: float = Field(
         default=1.0, ge=0.0, description="Multiplies lognormal latencies (0.001 for tests)."
+    )
+    images_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description="Account limit in images per minute (IPM), shared by every client; "
+        "None = unlimited.",
+    )
+    images_burst: float | None = Field(
+        default=None,
+        ge=1,
+        description="Images the IPM bucket holds when full; None = one minute's worth.",
+    )
+    tokens_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description="Account limit in image output tokens per minute (TPM); None = unlimited.",
+    )
+    tokens_burst: float | None = Field(
+        default=None,
+        gt=0,
+        description="Tokens the TPM bucket holds when full; None = one minute's worth.",
     )
     rate_limit_rate: float = _rate("429 rate_limit_exceeded (retryable).")
     retry_after_s: float = Field(default=1.0, ge=0.0, description="retry-after of a 429.")

@@ -4,8 +4,8 @@ Adapters (:mod:`._transport` for in-process httpx, :mod:`._asgi` for a real HTTP
 bytes; every behaviour that a client must cope with lives here, so both see the same thing.
 
 Order of checks, as on the real API: route (404) → authentication (401) → body and parameters
-(400) → injected fault (a scripted one first, else drawn from the configured rates) → moderation
-(400) → generation. Only a request that reaches generation is billed, and it is billed when
+(400) → account rate limits (429, see :mod:`._ratelimit`) → injected fault (a scripted one first,
+else drawn from the configured rates) → moderation (400) → generation. Only a request that reaches generation is billed, and it is billed when
 generation starts: a client that hangs up, times out or loses the connection afterwards has still
 paid, exactly the case clients get wrong.
 """
@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs
@@ -35,7 +35,14 @@ from dagster_gptimage.images import CONTENT_TYPES, EXTENSIONS
 from dagster_gptimage.models import MODEL_SPECS, EditRequest
 from dagster_gptimage.pricing import estimate_usage
 
-from ._config import FAULT_KINDS, EmulatorConfig
+from ._config import FAULT_KINDS, RATE_LIMIT_FIELDS, EmulatorConfig
+from ._ratelimit import (
+    AccountLimits,
+    Rejection,
+    format_duration,
+    format_number,
+    retry_after_headers,
+)
 from ._render import RenderSpec, render, renderable_formats
 from ._wire import ApiError, Call, Endpoint, RawBody, decode_body, interpret
 
@@ -82,6 +89,13 @@ _B64_DATA_MARKER = "\x00b64-data\x00"
 """Stands in for ``data`` while the rest of a response is JSON-encoded: base64 needs no escaping,
 and letting ``json.dumps`` scan megabytes of it for characters to escape took longer than encoding
 the image, on the server's event loop."""
+_ORGANIZATION = "org-emulator"
+_UNLIMITED_HEADERS = [
+    ("x-ratelimit-limit-requests", "250"),
+    ("x-ratelimit-remaining-requests", "249"),
+    ("x-ratelimit-reset-requests", "240ms"),
+]
+"""What the OpenAI profile reports when no account limit is configured (a generous tier)."""
 _CLOUDFLARE_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n"
@@ -137,7 +151,8 @@ class RecordedRequest:
     """One API request as received (credentials redacted) and how it was answered.
 
     ``outcome`` is "ok", "error" (an HTTP error answer), a transport fault ("reset", "truncate"),
-    or "cancelled" (the client gave up first: in-process timeouts, server disconnects)."""
+    or "cancelled" (the client gave up first: in-process timeouts, server disconnects).
+    ``received_at`` is wall-clock time (``time.time()``), to measure achieved rates."""
 
     request_id: str
     method: str
@@ -152,6 +167,8 @@ class RecordedRequest:
     billed: bool = False
     images: int = 0
     outcome: str | None = None
+    rate_limited: bool = False
+    received_at: float = 0.0
 
 
 @dataclass
@@ -159,13 +176,16 @@ class EmulatorStats:
     """Counters since creation or the last ``Emulator.reset()``.
 
     ``requests`` counts image API requests (generations, edits and unroutable API calls);
-    ``file_downloads`` counts gateway URL downloads; control endpoints are not counted.
+    ``rate_limited`` those refused with 429 by the account limits (``images_per_minute``...; not
+    billed, not in ``faults``, which counts injected faults); ``file_downloads`` counts gateway URL
+    downloads; control endpoints are not counted.
     """
 
     requests: int = 0
     requests_by_endpoint: Counter[str] = field(default_factory=Counter)
     billed_requests: int = 0
     billed_images: int = 0
+    rate_limited: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     file_downloads: int = 0
     recorded: deque[RecordedRequest] = field(default_factory=lambda: deque(maxlen=500))
@@ -180,6 +200,7 @@ class EmulatorStats:
             "requests_by_endpoint": dict(self.requests_by_endpoint),
             "billed_requests": self.billed_requests,
             "billed_images": self.billed_images,
+            "rate_limited": self.rate_limited,
             "faults": dict(self.faults),
             "file_downloads": self.file_downloads,
             "recorded": [asdict(item) for item in self.recorded],
@@ -197,14 +218,22 @@ class Emulator:
     """An offline imitation of the GPT image API with scriptable faults and billing counters.
 
     Thread-safe: one instance may serve an in-process client, a server thread and Dagster runs
-    at the same time (see :func:`get_emulator` for the process-wide instances).
+    at the same time (see :func:`get_emulator` for the process-wide instances); they all share its
+    account limits. ``clock`` (monotonic seconds) drives those limits; tests may pass their own.
     """
 
     def __init__(
-        self, config: EmulatorConfig | Mapping[str, Any] | None = None, /, **overrides: Any
+        self,
+        config: EmulatorConfig | Mapping[str, Any] | None = None,
+        /,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        **overrides: Any,
     ) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self._config = _config_from(config, overrides)
+        self._limits = self._new_limits()
         self._rng = random.Random(self._config.seed)
         self._script: deque[str] = deque()
         self._files: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
@@ -221,7 +250,11 @@ class Emulator:
     def configure(self, **changes: Any) -> EmulatorConfig:
         """Change settings in place (validated); a new ``seed`` restarts the random draws."""
         with self._lock:
-            self._config = _config_from(self._config, changes)
+            previous, self._config = self._config, _config_from(self._config, changes)
+            if any(
+                getattr(previous, name) != getattr(self._config, name) for name in RATE_LIMIT_FIELDS
+            ):
+                self._limits = self._new_limits()
             if "seed" in changes:
                 self._rng = random.Random(self._config.seed)
             if self._stats.recorded.maxlen != self._config.max_recorded:
@@ -252,12 +285,26 @@ class Emulator:
             self._script.extend(kinds)
 
     def reset(self) -> None:
-        """Clear counters, the request log, pending scripted faults and stored files; reseed."""
+        """Clear counters, the request log, pending scripted faults and stored files; reseed;
+        refill the rate limit buckets."""
         with self._lock:
             self._stats = EmulatorStats(recorded=deque(maxlen=self._config.max_recorded))
+            self._limits = self._new_limits()
             self._script.clear()
             self._files.clear()
             self._rng = random.Random(self._config.seed)
+
+    def _new_limits(self) -> AccountLimits | None:
+        config = self._config
+        if config.images_per_minute is None and config.tokens_per_minute is None:
+            return None
+        return AccountLimits(
+            images_per_minute=config.images_per_minute,
+            images_burst=config.images_burst,
+            tokens_per_minute=config.tokens_per_minute,
+            tokens_burst=config.tokens_burst,
+            now=self._clock(),
+        )
 
     def transport(self) -> EmulatorTransport:
         """An httpx transport serving this emulator in-process."""
@@ -313,6 +360,7 @@ class Emulator:
             endpoint=endpoint,
             query={key: values[-1] for key, values in parse_qs(request.query).items()},
             headers=headers,
+            received_at=time.time(),
         )
         with self._lock:
             self._stats.requests += 1
@@ -366,6 +414,10 @@ class Emulator:
         if isinstance(outcome, ApiError):
             raise outcome
         call = outcome
+        rejection = self._admit(call)
+        if rejection is not None:
+            record.rate_limited = True
+            raise self._throttle_error("429", rejection, call.request.model)
 
         fault, latency = self._draw()
         if fault != "ok":
@@ -437,6 +489,24 @@ class Emulator:
                 "https://platform.openai.com/account/api-keys.",
                 code="invalid_api_key",
             )
+
+    def _admit(self, call: Call) -> Rejection | None:
+        """Take the request's images and output tokens from the account's buckets, or refuse it
+        (counted in ``stats.rate_limited``; nothing is billed)."""
+        if self._limits is None:
+            return None
+        tokens = estimate_usage(call.concrete_request).output_image_tokens
+        with self._lock:
+            if self._limits is None:
+                return None
+            rejection = self._limits.admit(images=call.request.n, tokens=tokens, now=self._clock())
+            if rejection is not None:
+                self._stats.rate_limited += 1
+        return rejection
+
+    def _rate_limit_headers(self) -> tuple[tuple[str, str], ...]:
+        with self._lock:
+            return () if self._limits is None else self._limits.headers(self._clock())
 
     def _draw(self) -> tuple[str, float]:
         config = self._config
@@ -578,14 +648,13 @@ class Emulator:
             ("openai-processing-ms", str(round((time.monotonic() - started) * 1000))),
         ]
         profile = self._config.profile
+        limits = self._rate_limit_headers()
         if profile == "openai":
-            headers += [
-                ("openai-version", "2020-10-01"),
-                ("x-ratelimit-limit-requests", "250"),
-                ("x-ratelimit-remaining-requests", "249"),
-                ("x-ratelimit-reset-requests", "240ms"),
-            ]
-        elif profile == "azure":
+            headers.append(("openai-version", "2020-10-01"))
+            if not any(key == "x-ratelimit-limit-requests" for key, _ in limits):
+                headers += _UNLIMITED_HEADERS
+        headers += limits
+        if profile == "azure":
             headers.append(("apim-request-id", request_id))
         else:
             headers += [
@@ -602,7 +671,11 @@ class Emulator:
         headers = self._headers(request_id, started, media_type) + error.headers
         return EmulatorResponse(error.status, headers, body)
 
-    def _throttle_error(self, kind: str) -> ApiError:
+    def _throttle_error(
+        self, kind: str, rejection: Rejection | None = None, model: str = ""
+    ) -> ApiError:
+        """A 429 (gateway quota: 402); ``rejection`` says which account limit refused the request,
+        else it is an injected fault waiting ``retry_after_s``."""
         profile = self._config.profile
         if kind == "insufficient_quota":
             if profile == "gateway":
@@ -620,11 +693,15 @@ class Emulator:
                 type="insufficient_quota",
                 code="insufficient_quota",
             )
-        wait = self._config.retry_after_s
-        headers = (
-            ("retry-after", str(math.ceil(wait))),
-            ("retry-after-ms", str(round(wait * 1000))),
-        )
+        if rejection is not None:
+            wait = rejection.retry_after_s
+            headers = retry_after_headers(wait)
+        else:
+            wait = self._config.retry_after_s
+            headers = (
+                ("retry-after", str(math.ceil(wait))),
+                ("retry-after-ms", str(round(wait * 1000))),
+            )
         if profile == "azure":
             return ApiError(
                 429,
@@ -634,11 +711,23 @@ class Emulator:
                 code="429",
                 headers=headers,
             )
+        if rejection is None:
+            return ApiError(
+                429,
+                "Rate limit reached for images per minute (IPM): Limit 5, Used 5, Requested 1. "
+                f"Please try again in {wait:g}s.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers=headers,
+            )
+        unit = "images per min (IPM)" if rejection.kind == "images" else "tokens per min (TPM)"
         return ApiError(
             429,
-            "Rate limit reached for images per minute (IPM): Limit 5, Used 5, Requested 1. "
-            f"Please try again in {wait:g}s.",
-            type="requests",
+            f"Rate limit reached for {model} in organization {_ORGANIZATION} on {unit}: "
+            f"Limit {format_number(rejection.per_minute)}, Used {rejection.used}, "
+            f"Requested {rejection.requested}. Please try again in {format_duration(wait)}. "
+            "Visit https://platform.openai.com/account/rate-limits to learn more.",
+            type="requests" if rejection.kind == "images" else "tokens",
             code="rate_limit_exceeded",
             headers=headers,
         )
