@@ -265,8 +265,9 @@ def batch_json(
     files: Mapping[str, str | None],
     usage: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    """The ``Batch`` object as the API shows it at ``now``."""
-    return {
+    """The ``Batch`` object as the API shows it at ``now``. Fields without a value yet are left
+    out (the schema types them as non-nullable), except ``metadata``."""
+    shown = {
         "id": batch_id,
         "object": "batch",
         "endpoint": endpoint,
@@ -282,6 +283,9 @@ def batch_json(
         **timeline.stamps(now),
         "request_counts": dict(counts),
         "usage": dict(usage) if usage is not None else None,
+    }
+    return {
+        **{key: value for key, value in shown.items() if value is not None},
         "metadata": dict(metadata) if metadata is not None else None,
     }
 
