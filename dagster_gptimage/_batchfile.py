@@ -103,7 +103,8 @@ def decode_custom_id(custom_id: str) -> CustomId:
     if mode != "k":
         raise ValueError(f"custom_id {custom_id!r} has an unknown key encoding")
     try:
-        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        padded = payload + "=" * (-len(payload) % 4)
+        raw = base64.b64decode(padded, altchars=b"-_", validate=True)
         key = raw.decode("utf-8", "surrogatepass")
     except (binascii.Error, ValueError):
         raise ValueError(f"custom_id {custom_id!r} has a damaged partition key") from None
@@ -210,16 +211,16 @@ def batch_files(
             )
         endpoint = batch_endpoint(item.request)
         current = open_files.get(endpoint)
-        if current is not None and (
-            current.lines >= max_lines or current.size + len(line) > max_bytes
-        ):
-            yield current
+        if current is not None and current.size + len(line) > max_bytes:
+            yield open_files.pop(endpoint)
             current = None
         if current is None:
             current = open_files[endpoint] = BatchFile(endpoint)
         current.chunks.append(line)
         current.custom_ids.append(custom_id)
         current.size += len(line)
+        if current.lines >= max_lines:
+            yield open_files.pop(endpoint)
     yield from open_files.values()
 
 

@@ -118,13 +118,17 @@ async def test_batch_runs_through_its_statuses(emulator: Emulator, reference_dir
         "in_progress",
         "completed",
     ]
-    assert counts == sorted(counts) and 0 < counts[0] < 10 and counts[-1] == 10
+    assert counts == sorted(counts)
+    assert 0 < counts[0] < 10
+    assert counts[-1] == 10
     assert polled["request_counts"] == {"total": 10, "completed": 10, "failed": 0}
-    assert "error_file_id" not in polled and polled["metadata"] == {"run": "r1"}
+    assert "error_file_id" not in polled
+    assert polled["metadata"] == {"run": "r1"}
     assert polled["usage"]["output_tokens"] == 10 * 196
     assert sorted(item["custom_id"] for item in output) == sorted(f"c{i}" for i in range(10))
     first = output[0]
-    assert first["error"] is None and first["id"].startswith("batch_req_")
+    assert first["error"] is None
+    assert first["id"].startswith("batch_req_")
     body = first["response"]["body"]
     assert first["response"]["status_code"] == 200
     assert body["usage"]["output_tokens_details"]["image_tokens"] == 196
@@ -171,7 +175,8 @@ async def test_expiry_keeps_the_lines_done(emulator: Emulator, reference_dir: Pa
         errors = await lines_of(client, expired["error_file_id"])
     assert_schema(reference_dir, "Batch", expired)
     # 50 s of 100: in progress from 10 s to 90 s, so half of the lines ran.
-    assert expired["status"] == "expired" and expired["expired_at"] is not None
+    assert expired["status"] == "expired"
+    assert expired["expired_at"] is not None
     assert expired["request_counts"] == {"total": 8, "completed": 4, "failed": 4}
     assert [item["custom_id"] for item in output] == ["c0", "c1", "c2", "c3"]
     assert [item["error"]["code"] for item in errors] == ["batch_expired"] * 4
