@@ -332,7 +332,7 @@ class BatchAPI:
         except httpx.TransportError as exc:
             raise _Retryable(
                 ProviderError(
-                    f"downloading file {file_id} broke at byte {offset}+: "
+                    f"downloading file {file_id} (from byte {offset}) broke: "
                     f"{type(exc).__name__}: {exc}",
                     code="transport_error",
                     provider=self._settings.provider,

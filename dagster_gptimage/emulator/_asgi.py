@@ -118,7 +118,7 @@ async def _handle_until_disconnect(
 
 
 async def _send(response: EmulatorResponse, send: Send, receive: Receive) -> None:
-    if response.fault == "reset":
+    if response.fault == "reset" and response.chunks is None:
         _break_connection(send, reset=True)
         await _await_disconnect(receive)
         return

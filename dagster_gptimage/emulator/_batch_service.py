@@ -280,7 +280,7 @@ class BatchService:
         )
         with self._lock:
             self._batches[batch_id] = batch
-        return Reply(200, await self._observe(batch))
+        return Reply(200, await self._observe(batch, timeline.created_at))
 
     def _plan(
         self, stored: StoredFile, endpoint: str, batch_id: str, config: EmulatorConfig

@@ -200,7 +200,7 @@ class Timeline:
 
     def progress(self, now: float) -> float:
         """Fraction of lines run by ``now`` (frozen at cancellation and at expiry)."""
-        if self.refused:
+        if self.refused or now <= self.created_at:
             return 0.0
         stop = min(now, self.expires_at)
         if self.cancelled_at is not None:
@@ -214,6 +214,9 @@ class Timeline:
         return math.floor(total * self.progress(now) + 1e-9)
 
     def status(self, now: float) -> BatchStatus:
+        """At creation a batch is always "validating", as the API answers the create call."""
+        if now <= self.created_at:
+            return "validating"
         if self.refused:
             return "validating" if now < self.in_progress_at else "failed"
         finished = self.completed_at if self.completed_at < self.expires_at else None

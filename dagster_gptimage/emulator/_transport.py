@@ -102,7 +102,7 @@ class EmulatorTransport(httpx.AsyncBaseTransport):
 
     @staticmethod
     def _to_httpx(response: EmulatorResponse, request: httpx.Request) -> httpx.Response:
-        if response.fault == "reset":
+        if response.fault == "reset" and response.chunks is None:
             raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
         headers = [*response.headers, ("content-length", str(response.content_length))]
         extensions = {"http_version": b"HTTP/1.1"}
