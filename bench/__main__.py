@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import backfill, cache, overhead
+from bench import backfill, batch_stream, cache, overhead
 from bench._common import Report, machine_info
 
 BENCHMARKS: dict[str, Callable[..., Report]] = {
     "backfill": backfill.run,
     "overhead": overhead.run,
     "cache": cache.run,
+    "batch_stream": batch_stream.run,
 }
 
 

@@ -17,7 +17,6 @@ from dagster_gptimage.models import GenerateRequest
 from dagster_gptimage.pricing import DEFAULT_PRICES, cost_of_usage
 
 pytestmark = pytest.mark.anyio
-FAST = {"wait_initial_s": 0.0, "wait_max_s": 0.0}
 
 
 def items(count: int, blocked: int | None = None) -> list[bf.BatchItem]:
@@ -66,7 +65,9 @@ async def api_for(
         emulator.transport() if base_url == IN_PROCESS_BASE_URL else httpx.AsyncHTTPTransport()
     )
     tap = Tap(inner, rule) if rule is not None else None
-    async with BatchAPI.connect(settings, transport=tap or inner, **FAST) as api:
+    async with BatchAPI.connect(
+        settings, transport=tap or inner, wait_initial_s=0.0, wait_max_s=0.0
+    ) as api:
         yield api, tap
 
 

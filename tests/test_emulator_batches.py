@@ -102,6 +102,7 @@ async def test_batch_runs_through_its_statuses(emulator: Emulator, reference_dir
         batch = await submit(client, content, metadata={"run": "r1"})
         assert_schema(reference_dir, "Batch", batch)
         seen = [batch["status"]]
+        polled = batch
         counts = []
         for _ in range(5):
             emulator.advance_clock(20.0)
