@@ -48,5 +48,8 @@ def test_quick_benchmarks_report_every_figure() -> None:
 
     assert figures["cache_n10.requests"] == 0
     assert figures["cache_n10.cached_materializations"] == 10
+    assert figures["batch_stream_quick.lines_read"] == 6
+    assert figures["batch_stream_quick.downloads"] == 2  # one broken, one resumed
+    assert 50 < figures["batch_stream_quick.peak_rss_mb"] < 8192
     assert "targets missed:" in done.stdout
     assert "cpu_model:" in done.stdout
