@@ -360,7 +360,7 @@ class BatchService:
         now = self.now() if now is None else now
         status = batch.timeline.status(now)
         if status in TERMINAL and not batch.built and status != "failed":
-            await anyio.to_thread.run_sync(self._build, batch, now)
+            await anyio.to_thread.run_sync(_build, self._store, self._host, batch, now)
         done = batch.timeline.done(len(batch.lines), now)
         finished = status in ("completed", "expired", "cancelled")
         ran = batch.outcomes[:done]
@@ -382,48 +382,50 @@ class BatchService:
             usage=usage,
         )
 
-    def _build(self, batch: _Batch, now: float) -> None:
-        """Run the lines the batch got to and write its output and error files, once."""
-        with batch.build_lock:
-            if batch.built:
-                return
-            done = batch.timeline.done(len(batch.lines), now)
-            reason = "expired" if batch.timeline.status(now) == "expired" else "cancelled"
-            stamp = batch.timeline.created_at
-            base = f"{batch.id}"
-            with (
-                self._store.writer(
-                    purpose="batch_output", filename=f"{base}_output.jsonl", now=stamp
-                ) as (out, out_id),
-                self._store.writer(
-                    purpose="batch_output", filename=f"{base}_error.jsonl", now=stamp
-                ) as (err, err_id),
-            ):
-                for index, (line, outcome) in enumerate(
-                    zip(batch.lines, batch.outcomes, strict=True)
-                ):
-                    line_id = f"batch_req_{secrets.token_hex(12)}"
-                    request_id = f"req_emu_{secrets.token_hex(8)}"
-                    if index >= done:
-                        err.write(not_run_line(line_id, line.custom_id, reason))
-                    elif outcome.error is not None:
-                        err.write(error_line(line_id, line.custom_id, request_id, outcome.error))
-                    else:
-                        body = self._line_body(batch, line)
-                        out.write(output_line(line_id, line.custom_id, request_id, body))
-                        self._host._count_batch("", lines=1, images=outcome.images)
-            for kind, file_id in (("output", out_id), ("error", err_id)):
-                stored = self._store.get(file_id)
-                if stored is not None and stored.size == 0:
-                    self._store.delete(file_id)
-                else:
-                    batch.files[kind] = file_id
-            batch.built = True
 
-    def _line_body(self, batch: _Batch, line: InputLine) -> bytes:
-        raw = json.loads(self._store.read_line(batch.input_file, line.offset, line.length))
-        call = self._host._interpret_line(raw["url"], json.dumps(raw["body"]).encode())
-        return self._host._batch_body(call)
+def _build(store: FileStore, host: BatchHost, batch: _Batch, now: float) -> None:
+    """Run the lines the batch got to and write its output and error files, once."""
+    with batch.build_lock:
+        if batch.built:
+            return
+        done = batch.timeline.done(len(batch.lines), now)
+        reason = "expired" if batch.timeline.status(now) == "expired" else "cancelled"
+        stamp = batch.timeline.created_at
+        base = f"{batch.id}"
+        with (
+            store.writer(purpose="batch_output", filename=f"{base}_output.jsonl", now=stamp) as (
+                out,
+                out_id,
+            ),
+            store.writer(purpose="batch_output", filename=f"{base}_error.jsonl", now=stamp) as (
+                err,
+                err_id,
+            ),
+        ):
+            for index, (line, outcome) in enumerate(zip(batch.lines, batch.outcomes, strict=True)):
+                line_id = f"batch_req_{secrets.token_hex(12)}"
+                request_id = f"req_emu_{secrets.token_hex(8)}"
+                if index >= done:
+                    err.write(not_run_line(line_id, line.custom_id, reason))
+                elif outcome.error is not None:
+                    err.write(error_line(line_id, line.custom_id, request_id, outcome.error))
+                else:
+                    body = _line_body(store, host, batch, line)
+                    out.write(output_line(line_id, line.custom_id, request_id, body))
+                    host._count_batch("", lines=1, images=outcome.images)
+        for kind, file_id in (("output", out_id), ("error", err_id)):
+            stored = store.get(file_id)
+            if stored is not None and stored.size == 0:
+                store.delete(file_id)
+            else:
+                batch.files[kind] = file_id
+        batch.built = True
+
+
+def _line_body(store: FileStore, host: BatchHost, batch: _Batch, line: InputLine) -> bytes:
+    raw = json.loads(store.read_line(batch.input_file, line.offset, line.length))
+    call = host._interpret_line(raw["url"], json.dumps(raw["body"]).encode())
+    return host._batch_body(call)
 
 
 def _usage(ran: list[LineOutcome]) -> dict[str, Any]:
