@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import backfill, cache, overhead, ratelimit
+from bench import backfill, batch_stream, cache, overhead, ratelimit
 from bench._common import Report, machine_info
 
 BENCHMARKS: dict[str, Callable[..., Report]] = {
@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, Callable[..., Report]] = {
     "overhead": overhead.run,
     "cache": cache.run,
     "ratelimit": ratelimit.run,
+    "batch_stream": batch_stream.run,
 }
 
 

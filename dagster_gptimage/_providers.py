@@ -7,6 +7,7 @@ every provider difference can be unit tested without sockets.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import ipaddress
 import json
@@ -29,7 +30,13 @@ from dagster_gptimage.errors import (
     RateLimitError,
     is_retryable_answer,
 )
-from dagster_gptimage.models import EditRequest, GenerateRequest, ImageParams, Provider
+from dagster_gptimage.models import (
+    EditRequest,
+    GenerateRequest,
+    ImageParams,
+    InputImage,
+    Provider,
+)
 from dagster_gptimage.version import __version__
 
 __all__ = [
@@ -41,6 +48,7 @@ __all__ = [
     "auth_headers",
     "check_download_url",
     "edit_form",
+    "edit_json_body",
     "endpoint_url",
     "error_from_response",
     "generation_body",
@@ -205,6 +213,21 @@ def _param_fields(
 def generation_body(request: GenerateRequest, settings: ProviderSettings) -> dict[str, Any]:
     """JSON body for ``POST /images/generations``."""
     return {"prompt": request.prompt, **_param_fields(request, settings, edit=False)}
+
+
+def edit_json_body(request: EditRequest, settings: ProviderSettings) -> dict[str, Any]:
+    """JSON body for ``POST /images/edits`` with inputs as base64 data URLs: the shape a Batch API
+    line needs, since a JSONL line cannot carry a multipart form."""
+
+    def ref(image: InputImage) -> dict[str, str]:
+        encoded = base64.b64encode(image.data).decode("ascii")
+        return {"image_url": f"data:{image.content_type};base64,{encoded}"}
+
+    body: dict[str, Any] = {"prompt": request.prompt, **_param_fields(request, settings, edit=True)}
+    body["images"] = [ref(image) for image in request.images]
+    if request.mask is not None:
+        body["mask"] = ref(request.mask)
+    return body
 
 
 FormFile = tuple[str, tuple[str, bytes, str]]

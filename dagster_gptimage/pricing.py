@@ -25,6 +25,7 @@ from dagster_gptimage.models import (
 
 __all__ = [
     "AUTO_SIZE_FOR_ESTIMATES",
+    "BATCH_DISCOUNT",
     "DEFAULT_PRICES",
     "ModelPrices",
     "PriceTable",
@@ -40,8 +41,24 @@ __all__ = [
 _PER_TOKEN = 1_000_000
 
 
+_TOKEN_PRICES = (
+    "text_input",
+    "cached_text_input",
+    "image_input",
+    "cached_image_input",
+    "text_output",
+    "image_output",
+)
+BATCH_DISCOUNT = 0.5
+"""OpenAI's Batch API price as a fraction of the standard price ("50 % off")."""
+
+
 class ModelPrices(BaseModel):
-    """USD per 1M tokens of each kind."""
+    """USD per 1M tokens of each kind, and the Batch API's price as a fraction of them.
+
+    ``batch_discount`` multiplies every price for requests sent through the Batch API (0.5: half
+    price); override it per model when the provider's batch prices differ.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -51,10 +68,16 @@ class ModelPrices(BaseModel):
     cached_image_input: float
     text_output: float
     image_output: float
+    batch_discount: float = BATCH_DISCOUNT
+
+    def for_batch(self) -> ModelPrices:
+        """The prices a Batch API line is charged (every token price times ``batch_discount``)."""
+        scaled = {name: getattr(self, name) * self.batch_discount for name in _TOKEN_PRICES}
+        return self.model_copy(update={**scaled, "batch_discount": 1.0})
 
 
 def _prices(*values: float) -> ModelPrices:
-    return ModelPrices(**dict(zip(ModelPrices.model_fields, values, strict=True)))
+    return ModelPrices(**dict(zip(_TOKEN_PRICES, values, strict=True)))
 
 
 _GPT_IMAGE_2 = _prices(5.00, 1.25, 8.00, 2.00, 10.00, 30.00)
@@ -137,11 +160,11 @@ def _merge(
             accepted=tuple(ModelPrices.model_fields),
         )
     merged = {**(base.model_dump() if base else {}), **override}
-    missing = [name for name in ModelPrices.model_fields if name not in merged]
+    missing = [name for name in _TOKEN_PRICES if name not in merged]
     if missing:
         raise InvalidRequestError(
             f"prices[{model!r}] is missing {', '.join(missing)}: {model} has no default prices, so "
-            f"every field is needed. Accepted: a dict with {', '.join(ModelPrices.model_fields)}",
+            f"every field is needed. Accepted: a dict with {', '.join(_TOKEN_PRICES)}",
             field=f"prices.{model}",
             value=dict(override),
             accepted=tuple(ModelPrices.model_fields),
@@ -164,15 +187,25 @@ def _merge(
             value=dict(override),
             accepted="numbers >= 0",
         )
+    if prices.batch_discount > 1:
+        raise InvalidRequestError(
+            f"prices[{model!r}].batch_discount={prices.batch_discount:g} would make batches dearer "
+            "than standard requests. Accepted: a fraction between 0 and 1 (0.5: half price)",
+            field=f"prices.{model}.batch_discount",
+            value=prices.batch_discount,
+            accepted="0 <= batch_discount <= 1",
+        )
     return prices
 
 
-def cost_of_usage(usage: Usage, prices: ModelPrices) -> float:
+def cost_of_usage(usage: Usage, prices: ModelPrices, *, batch: bool = False) -> float:
     """USD cost of ``usage``: each token kind at its price, cached input at the cached price.
 
     Cached counts are part of the input counts (see :class:`Usage`), so only the uncached remainder is
-    charged at the full input price.
+    charged at the full input price. ``batch=True`` prices a Batch API line (``batch_discount``).
     """
+    if batch:
+        prices = prices.for_batch()
     cached_text = min(usage.cached_text_tokens, usage.input_text_tokens)
     cached_image = min(usage.cached_image_tokens, usage.input_image_tokens)
     micro_usd = (
@@ -299,12 +332,17 @@ def estimate_usage(request: ImageRequest) -> Usage:
     )
 
 
-def estimate_cost(request: ImageRequest, prices: PriceTable | None = None) -> float:
+def estimate_cost(
+    request: ImageRequest, prices: PriceTable | None = None, *, batch: bool = False
+) -> float:
     """Pre-flight USD estimate of ``request``: the single-image cost times ``n``.
 
     Input is counted once per image rather than once per request, so for ``n > 1`` this is slightly
     above ``cost_of_usage(estimate_usage(request))``: spend checks must not undershoot.
+    ``batch=True`` estimates it as a Batch API line.
     """
     table = prices if prices is not None else PriceTable()
-    single = cost_of_usage(estimate_usage_per_image(request), table.for_model(request.model))
+    single = cost_of_usage(
+        estimate_usage_per_image(request), table.for_model(request.model), batch=batch
+    )
     return single * max(request.n, 1)

@@ -51,5 +51,8 @@ def test_quick_benchmarks_report_every_figure() -> None:
     assert figures["ratelimit_quick.materialized"] <= 12
     assert figures["ratelimit_quick.billed_images"] >= figures["ratelimit_quick.materialized"]
     assert 0 <= figures["ratelimit_quick.share_429"] <= 100
+    assert figures["batch_stream_quick.lines_read"] == 6
+    assert figures["batch_stream_quick.downloads"] == 2  # one broken, one resumed
+    assert 50 < figures["batch_stream_quick.peak_rss_mb"] < 8192
     assert "targets missed:" in done.stdout
     assert "cpu_model:" in done.stdout

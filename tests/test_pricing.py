@@ -259,3 +259,29 @@ def test_auto_is_estimated_at_least_as_high_as_any_preset() -> None:
         for quality in ("low", "medium", "high"):
             fixed = GenerateRequest(prompt="x", size=size, quality=quality)  # type: ignore[arg-type]
             assert auto >= estimate_cost(fixed) or math.isclose(auto, estimate_cost(fixed))
+
+
+# --- batch rates ---------------------------------------------------------------------------------
+
+
+def test_batch_rate_is_half_by_default_and_overridable_per_model() -> None:
+    usage = Usage(input_text_tokens=1_000, cached_text_tokens=200, output_image_tokens=10_000)
+    prices = DEFAULT_PRICES["gpt-image-2"]
+    assert prices.batch_discount == 0.5
+    assert cost_of_usage(usage, prices, batch=True) == pytest.approx(
+        cost_of_usage(usage, prices) / 2
+    )
+    table = PriceTable({"gpt-image-1": {"batch_discount": 0.4}})
+    custom = table.for_model("gpt-image-1")
+    assert cost_of_usage(usage, custom, batch=True) == pytest.approx(
+        cost_of_usage(usage, custom) * 0.4
+    )
+    assert custom.for_batch().image_output == pytest.approx(40.0 * 0.4)
+    assert table.for_model("gpt-image-2").batch_discount == 0.5
+    with pytest.raises(InvalidRequestError, match="batch_discount"):
+        PriceTable({"gpt-image-2": {"batch_discount": 1.5}})
+
+
+def test_batch_estimate_is_half_the_standard_estimate() -> None:
+    request = GenerateRequest(prompt="A lighthouse", size="1024x1024", quality="high")
+    assert estimate_cost(request, batch=True) == pytest.approx(estimate_cost(request) / 2)

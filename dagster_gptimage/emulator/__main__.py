@@ -63,6 +63,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--script", help=f"comma-separated faults for the first requests ({', '.join(FAULT_KINDS)})"
     )
+    batch = parser.add_argument_group("Batch API")
+    batch.add_argument(
+        "--batch-completion", type=float, dest="batch_completion_s", help="seconds to `completed`"
+    )
+    batch.add_argument(
+        "--batch-window", type=float, dest="batch_window_s", help="seconds before a batch expires"
+    )
+    batch.add_argument("--batch-failure-rate", type=float, help="fraction of lines failing (500)")
+    batch.add_argument("--batch-max-lines", type=int, help="lines per input file (50000)")
+    batch.add_argument("--batch-max-bytes", type=int, help="bytes per input file (200 MB)")
+    batch.add_argument(
+        "--batch-download-faults", type=int, help="the first N file downloads break mid-body"
+    )
+    batch.add_argument("--batch-download-fault", choices=("truncate", "reset"))
+    batch.add_argument(
+        "--batch-download-fault-at", type=float, help="where a broken download stops (0-1)"
+    )
     parser.add_argument("--log-level", default="info")
     return parser
 

@@ -118,13 +118,16 @@ async def _handle_until_disconnect(
 
 
 async def _send(response: EmulatorResponse, send: Send, receive: Receive) -> None:
-    if response.fault == "reset":
+    if response.fault == "reset" and response.chunks is None:
         _break_connection(send, reset=True)
         await _await_disconnect(receive)
         return
     headers = [(key.encode("latin-1"), value.encode("latin-1")) for key, value in response.headers]
-    headers.append((b"content-length", str(len(response.body)).encode()))
+    headers.append((b"content-length", str(response.content_length).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    if response.chunks is not None:
+        await _send_chunks(response, send, receive)
+        return
     if response.fault == "truncate":
         await send(
             {
@@ -137,6 +140,24 @@ async def _send(response: EmulatorResponse, send: Send, receive: Receive) -> Non
         await _await_disconnect(receive)
         return
     await send({"type": "http.response.body", "body": response.body, "more_body": False})
+
+
+async def _send_chunks(response: EmulatorResponse, send: Send, receive: Receive) -> None:
+    """Stream file content; a faulty download stops where its chunks stop, then breaks."""
+    chunks = response.chunks
+    assert chunks is not None
+    try:
+        for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    if response.fault is not None:
+        _break_connection(send, reset=response.fault == "reset")
+        await _await_disconnect(receive)
+        return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _break_connection(send: Send, *, reset: bool) -> None:

@@ -120,6 +120,40 @@ class EmulatorConfig(BaseModel):
     file_padding_bytes: int = Field(
         default=0, ge=0, description="Append this many bytes to gateway URL downloads."
     )
+    batch_completion_s: float = Field(
+        default=0.2,
+        ge=0.0,
+        description="Seconds from creating a batch to `completed`: 10 % validating, 80 % "
+        "in_progress (lines done at an even pace), 10 % finalizing; cancelling takes 10 %.",
+    )
+    batch_window_s: float = Field(
+        default=86_400.0,
+        gt=0.0,
+        description="The completion window (the real `24h`): a batch not done by then expires "
+        "with the lines done so far.",
+    )
+    batch_failure_rate: float = _rate(
+        "Fraction of batch lines that fail with a 500 server_error line in the error file."
+    )
+    batch_max_lines: int = Field(default=50_000, ge=1, description="Lines per input file.")
+    batch_max_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1, description="Bytes per input file."
+    )
+    batch_download_faults: int = Field(
+        default=0,
+        ge=0,
+        description="The next this many downloads of file content break mid-body.",
+    )
+    batch_download_fault: Literal["truncate", "reset"] = Field(
+        default="truncate",
+        description="How those downloads break: the connection closes (truncate) or is reset.",
+    )
+    batch_download_fault_at: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Where in the requested content a broken download stops (fraction).",
+    )
 
     @model_validator(mode="after")
     def _rates_fit(self) -> "EmulatorConfig":

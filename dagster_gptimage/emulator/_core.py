@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs
@@ -35,6 +35,7 @@ from dagster_gptimage.images import CONTENT_TYPES, EXTENSIONS
 from dagster_gptimage.models import MODEL_SPECS, EditRequest
 from dagster_gptimage.pricing import estimate_usage
 
+from ._batch_service import BatchService, Reply
 from ._config import FAULT_KINDS, RATE_LIMIT_FIELDS, EmulatorConfig
 from ._ratelimit import (
     AccountLimits,
@@ -126,6 +127,17 @@ class EmulatorResponse:
     headers: tuple[tuple[str, str], ...]
     body: bytes = field(repr=False)
     fault: Literal["reset", "truncate"] | None = None
+    chunks: Iterator[bytes] | None = field(default=None, repr=False)
+    """Streamed content (large files) instead of ``body``; with a fault it ends early, and the
+    adapter then breaks the connection as ``fault`` says."""
+    length: int | None = None
+    """Content-Length of streamed content."""
+
+    @property
+    def content_length(self) -> int:
+        return (
+            self.length if self.chunks is not None and self.length is not None else len(self.body)
+        )
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
@@ -178,7 +190,9 @@ class EmulatorStats:
     ``requests`` counts image API requests (generations, edits and unroutable API calls);
     ``rate_limited`` those refused with 429 by the account limits (``images_per_minute``...; not
     billed, not in ``faults``, which counts injected faults); ``file_downloads`` counts gateway URL
-    downloads; control endpoints are not counted.
+    downloads; control endpoints are not counted. Files and Batches API calls are counted apart, in
+    ``batch_calls`` (by operation, e.g. ``"batches.create"``), and batch lines billed (at the batch
+    rate) in ``batch_lines_billed`` and ``batch_images_billed``, never in ``billed_requests``.
     """
 
     requests: int = 0
@@ -189,10 +203,18 @@ class EmulatorStats:
     faults: Counter[str] = field(default_factory=Counter)
     file_downloads: int = 0
     recorded: deque[RecordedRequest] = field(default_factory=lambda: deque(maxlen=500))
+    batch_calls: Counter[str] = field(default_factory=Counter)
+    batch_lines_billed: int = 0
+    batch_images_billed: int = 0
 
     @property
     def last(self) -> RecordedRequest | None:
         return self.recorded[-1] if self.recorded else None
+
+    @property
+    def sync_requests(self) -> int:
+        """Requests that reached the synchronous image endpoints (any outcome)."""
+        return self.requests_by_endpoint["generations"] + self.requests_by_endpoint["edits"]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -203,6 +225,10 @@ class EmulatorStats:
             "rate_limited": self.rate_limited,
             "faults": dict(self.faults),
             "file_downloads": self.file_downloads,
+            "sync_requests": self.sync_requests,
+            "batch_calls": dict(self.batch_calls),
+            "batch_lines_billed": self.batch_lines_billed,
+            "batch_images_billed": self.batch_images_billed,
             "recorded": [asdict(item) for item in self.recorded],
         }
 
@@ -239,6 +265,7 @@ class Emulator:
         self._files: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._ids = itertools.count(1)
         self._stats = EmulatorStats(recorded=deque(maxlen=self._config.max_recorded))
+        self._batches = BatchService(self)
 
     def __repr__(self) -> str:
         return f"Emulator(profile={self._config.profile!r}, requests={self._stats.requests})"
@@ -259,7 +286,15 @@ class Emulator:
                 self._rng = random.Random(self._config.seed)
             if self._stats.recorded.maxlen != self._config.max_recorded:
                 self._stats.recorded = deque(self._stats.recorded, maxlen=self._config.max_recorded)
-            return self._config
+            config = self._config
+        if "batch_download_faults" in changes:
+            self._batches.rearm_download_faults()
+        return config
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the Batch API's clock forward: batches progress, and expire, as if that much time
+        had passed (a 24 h completion window in a test)."""
+        self._batches.advance(seconds)
 
     @property
     def stats(self) -> EmulatorStats:
@@ -285,14 +320,15 @@ class Emulator:
             self._script.extend(kinds)
 
     def reset(self) -> None:
-        """Clear counters, the request log, pending scripted faults and stored files; reseed;
-        refill the rate limit buckets."""
+        """Clear counters, the request log, pending scripted faults, stored files, batches and
+        the batch clock; reseed; refill the rate limit buckets."""
         with self._lock:
             self._stats = EmulatorStats(recorded=deque(maxlen=self._config.max_recorded))
             self._limits = self._new_limits()
             self._script.clear()
             self._files.clear()
             self._rng = random.Random(self._config.seed)
+        self._batches.clear()
 
     def _new_limits(self) -> AccountLimits | None:
         config = self._config
@@ -318,6 +354,8 @@ class Emulator:
         if request.path.startswith("/_emulator/"):
             return self._control(request, request_id)
         started = time.monotonic()
+        if self._config.profile == "openai" and BatchService.matches(request.path):
+            return await self._batch_api(request, request_id, started)
         record: RecordedRequest | None = None
         try:
             endpoint, deployment = self._route(request)
@@ -333,6 +371,59 @@ class Emulator:
             record.status = response.status
             record.outcome = response.fault or ("ok" if response.status < 400 else "error")
         return response
+
+    async def _batch_api(
+        self, request: EmulatorRequest, request_id: str, started: float
+    ) -> EmulatorResponse:
+        """Files and Batches endpoints (openai profile), served by :class:`BatchService`."""
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        query = {key: values[-1] for key, values in parse_qs(request.query).items()}
+        try:
+            reply: Reply = await self._batches.handle(
+                request.method.upper(), request.path, query, headers, request.body
+            )
+        except ApiError as error:
+            return self._error(error, request_id, started)
+        base = self._headers(request_id, started, "application/json")
+        if reply.chunks is None:
+            body = json.dumps(reply.payload).encode()
+            return EmulatorResponse(reply.status, base, body)
+        kept = tuple(item for item in base if item[0] != "content-type")
+        fault: Literal["reset", "truncate"] | None = (
+            "reset" if reply.fault == "reset" else "truncate" if reply.fault else None
+        )
+        return EmulatorResponse(
+            reply.status,
+            kept + reply.headers,
+            b"",
+            fault=fault,
+            chunks=reply.chunks,
+            length=reply.length,
+        )
+
+    def _interpret_line(self, url: str, body: bytes) -> Call:
+        """A batch line's body, checked like a synchronous request to ``url``."""
+        endpoint: Endpoint = "edits" if url.endswith("/edits") else "generations"
+        raw = decode_body(endpoint, "application/json", body)
+        return interpret(
+            raw,
+            endpoint,
+            profile=self._config.profile,
+            deployment_model=None,
+            output_formats=renderable_formats(),
+        )
+
+    def _batch_body(self, call: Call) -> bytes:
+        """The ImagesResponse of a batch line (rendered now; equal images come from a cache)."""
+        images = [_render_cached(spec) for spec in _render_specs(call)]
+        return self._success_body(call, images, IN_PROCESS_ORIGIN)[0]
+
+    def _count_batch(self, call_name: str, *, lines: int = 0, images: int = 0) -> None:
+        with self._lock:
+            if call_name:
+                self._stats.batch_calls[call_name] += 1
+            self._stats.batch_lines_billed += lines
+            self._stats.batch_images_billed += images
 
     def _route(self, request: EmulatorRequest) -> tuple[Endpoint, str | None]:
         path = request.path.rstrip("/") or "/"
@@ -540,24 +631,7 @@ class Emulator:
     async def _generate(self, call: Call, latency: float) -> list[bytes]:
         """Render every image in worker threads while the latency elapses, so rendering is hidden
         inside the latency instead of adding to it."""
-        request = call.request
-        edit = request if isinstance(request, EditRequest) else None
-        inputs = (edit.images[0].data,) if edit else ()
-        mask = edit.mask.data if edit and edit.mask else None
-        specs = [
-            RenderSpec(
-                prompt=request.prompt,
-                width=call.width,
-                height=call.height,
-                output_format=request.output_format,
-                compression=request.output_compression,
-                transparent=call.background == "transparent",
-                inputs=inputs,
-                mask=mask,
-                index=index,
-            )
-            for index in range(request.n)
-        ]
+        specs = _render_specs(call)
         images: list[bytes] = [b""] * len(specs)
 
         async def render_one(index: int) -> None:
@@ -791,6 +865,12 @@ class Emulator:
                         "config": self._config.model_dump(exclude={"api_key"}),
                     }
                 return _json_response(200, payload, request_id)
+            if path == "/_emulator/clock" and method == "POST":
+                advance = json.loads(request.body or b"{}").get("advance", 0)
+                if not isinstance(advance, (int, float)) or advance < 0:
+                    raise ValueError('the body must be {"advance": seconds >= 0}')
+                self.advance_clock(float(advance))
+                return _json_response(200, {"advanced_s": advance}, request_id)
             if path == "/_emulator/reset" and method == "POST":
                 self.reset()
                 return _json_response(200, {"ok": True}, request_id)
@@ -830,6 +910,47 @@ class Emulator:
         return EmulatorResponse(
             200, (("content-type", media_type), ("x-request-id", request_id)), body
         )
+
+
+def _render_specs(call: Call) -> list[RenderSpec]:
+    request = call.request
+    edit = request if isinstance(request, EditRequest) else None
+    inputs = (edit.images[0].data,) if edit else ()
+    mask = edit.mask.data if edit and edit.mask else None
+    return [
+        RenderSpec(
+            prompt=request.prompt,
+            width=call.width,
+            height=call.height,
+            output_format=request.output_format,
+            compression=request.output_compression,
+            transparent=call.background == "transparent",
+            inputs=inputs,
+            mask=mask,
+            index=index,
+        )
+        for index in range(request.n)
+    ]
+
+
+_RENDER_CACHE: OrderedDict[RenderSpec, bytes] = OrderedDict()
+_RENDER_CACHE_LOCK = threading.Lock()
+_RENDER_CACHE_SIZE = 8
+
+
+def _render_cached(spec: RenderSpec) -> bytes:
+    """Batches often repeat a prompt across lines; rendering is deterministic, so reuse it."""
+    with _RENDER_CACHE_LOCK:
+        cached = _RENDER_CACHE.get(spec)
+        if cached is not None:
+            _RENDER_CACHE.move_to_end(spec)
+            return cached
+    image = render(spec)
+    with _RENDER_CACHE_LOCK:
+        _RENDER_CACHE[spec] = image
+        while len(_RENDER_CACHE) > _RENDER_CACHE_SIZE:
+            _RENDER_CACHE.popitem(last=False)
+    return image
 
 
 def _json_response(status: int, payload: Any, request_id: str) -> EmulatorResponse:

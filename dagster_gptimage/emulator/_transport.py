@@ -13,7 +13,7 @@ It reproduces what the wire would show the client, not a simplification of it:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import httpx
@@ -34,6 +34,33 @@ class _TruncatedStream(httpx.AsyncByteStream):
             "peer closed connection without sending complete message body: "
             f"received {len(self._body)} bytes, expected {self._expected}"
         )
+
+
+class _ChunkedStream(httpx.AsyncByteStream):
+    """Streamed file content; ``fault`` breaks it where the chunks stop, as the wire would."""
+
+    def __init__(self, chunks: Iterator[bytes], expected: int, fault: str | None) -> None:
+        self._chunks = chunks
+        self._expected = expected
+        self._fault = fault
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        received = 0
+        for chunk in self._chunks:
+            received += len(chunk)
+            yield chunk
+        if self._fault == "reset":
+            raise httpx.ReadError("[Errno 104] Connection reset by peer")
+        if self._fault is not None:
+            raise httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body: "
+                f"received {received} bytes, expected {self._expected}"
+            )
+
+    async def aclose(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
 
 class EmulatorTransport(httpx.AsyncBaseTransport):
@@ -75,10 +102,19 @@ class EmulatorTransport(httpx.AsyncBaseTransport):
 
     @staticmethod
     def _to_httpx(response: EmulatorResponse, request: httpx.Request) -> httpx.Response:
-        if response.fault == "reset":
+        if response.fault == "reset" and response.chunks is None:
             raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
-        headers = [*response.headers, ("content-length", str(len(response.body)))]
+        headers = [*response.headers, ("content-length", str(response.content_length))]
         extensions = {"http_version": b"HTTP/1.1"}
+        if response.chunks is not None:
+            stream = _ChunkedStream(response.chunks, response.content_length, response.fault)
+            return httpx.Response(
+                response.status,
+                headers=headers,
+                stream=stream,
+                request=request,
+                extensions=extensions,
+            )
         if response.fault == "truncate":
             stream = _TruncatedStream(response.body[: len(response.body) // 2], len(response.body))
             return httpx.Response(
