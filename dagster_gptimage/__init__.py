@@ -21,6 +21,7 @@ from dagster_gptimage.datasets import (
 )
 from dagster_gptimage.errors import (
     AuthenticationError,
+    DefinitionError,
     GPTImageError,
     GPTImageTimeoutError,
     InvalidImageError,
@@ -64,6 +65,7 @@ __all__ = [
     "IMAGE_CHECK_NAME",
     "MANIFEST_COLUMNS",
     "AuthenticationError",
+    "DefinitionError",
     "EditRequest",
     "GPTImageClient",
     "GPTImageComponent",

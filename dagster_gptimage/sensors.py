@@ -14,6 +14,7 @@ import dagster as dg
 
 from dagster_gptimage._dagster import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster_gptimage.assets import _validate_rows, image_job
+from dagster_gptimage.errors import DefinitionError
 
 __all__ = ["prompt_table_sensor"]
 
@@ -56,14 +57,18 @@ def prompt_table_sensor(
     job = image_job(asset)
     partitions_def = asset.partitions_def
     if job is None or job.prompts is None or job.kind != "generate":
-        raise ValueError(
+        raise DefinitionError(
             f"prompt_table_sensor needs an asset made by image_generation_asset; "
-            f"{asset.key.to_user_string()} is not one"
+            f"{asset.key.to_user_string()} is not one",
+            field="asset",
+            fix="pass what image_generation_asset(..., partitioning='dynamic') returned",
         )
     if not isinstance(partitions_def, dg.DynamicPartitionsDefinition) or not partitions_def.name:
-        raise ValueError(
+        raise DefinitionError(
             f"prompt_table_sensor: {asset.key.to_user_string()} has static partitions; make it with "
-            "image_generation_asset(..., partitioning='dynamic')"
+            "image_generation_asset(..., partitioning='dynamic')",
+            field="asset",
+            fix="make the asset with image_generation_asset(..., partitioning='dynamic')",
         )
     table = job.prompts
     asset_key = asset.key
