@@ -34,6 +34,8 @@ from typing_extensions import Self
 
 from dagster_gptimage._dagster import PreciseSchema as _PreciseSchema
 from dagster_gptimage._dagster import ResolutionException
+from dagster_gptimage._scaffold import GPTImageComponentScaffolder, identifier, scaffold_text
+from dagster_gptimage._yaml import GPTImageComponentError, YamlSite
 from dagster_gptimage.assets import image_edit_asset, image_generation_asset
 from dagster_gptimage.errors import DefinitionError, InvalidRequestError, short_repr
 from dagster_gptimage.models import (
@@ -42,7 +44,7 @@ from dagster_gptimage.models import (
     GenerationDefaults,
     RequestDefaults,
 )
-from dagster_gptimage.prompts import PromptTable, PromptTableError, TableFormat
+from dagster_gptimage.prompts import PromptTableError, TableFormat
 from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.sensors import prompt_table_sensor
 from dagster_gptimage.storage import ImageStore
@@ -55,6 +57,7 @@ __all__ = [
     "ImageStoreSpec",
     "PromptTableSensorSpec",
     "ResourceSpec",
+    "scaffold_text",
 ]
 
 Automation = Literal["eager", "on_missing"]
@@ -95,11 +98,6 @@ _YAML_FIXES: Mapping[str, str] = {
 """Fixes worded for the YAML where the factory's own would speak Python."""
 
 _T = TypeVar("_T")
-
-
-class GPTImageComponentError(ValueError):
-    """A GPTImageComponent declaration that cannot work. The message names the file (and line), the
-    field and the fix."""
 
 
 class ResourceSpec(_PreciseSchema, dg.Model):
@@ -237,69 +235,6 @@ class EditStep(_PreciseSchema, dg.Model, RequestDefaults):
         return {name: getattr(self, name) for name in RequestDefaults.model_fields}
 
 
-class GPTImageComponentScaffolder(dg.Scaffolder):
-    """``dg scaffold defs dagster_gptimage.GPTImageComponent <path>``: a working defs.yaml (real
-    API with a key, emulator without) and a three-row prompt table beside it."""
-
-    def scaffold(self, request: dg.ScaffoldRequest) -> None:
-        folder = Path(request.target_path)
-        folder.mkdir(parents=True, exist_ok=True)
-        name = _identifier(folder.name) or "images"
-        (folder / "defs.yaml").write_text(
-            _SCAFFOLD_YAML.format(type_name=request.type_name, name=name), encoding="utf-8"
-        )
-        table = folder / "prompts.csv"
-        if not table.exists():
-            table.write_text(_SCAFFOLD_TABLE, encoding="utf-8")
-
-
-def _identifier(text: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_").lower()
-    return f"images_{cleaned}" if cleaned[:1].isdigit() else cleaned
-
-
-_SCAFFOLD_YAML = """\
-type: {type_name}
-
-attributes:
-  # One image per row of the prompt table (columns: key, prompt, optional size/quality/...).
-  # Paths are relative to this file; fsspec URLs (s3://..., gs://...) work too.
-  name: {name}
-  prompts: prompts.csv
-  size: 1024x1024
-  quality: low
-  output_format: png
-  # A run refuses to start, or stops starting requests, beyond this estimated spend (USD).
-  max_cost_usd: 1.0
-
-  # This pipeline's own client: the OpenAI API when OPENAI_API_KEY is set, otherwise the
-  # offline emulator (placeholder images, no cost). Remove the block to use the project's
-  # `gptimage` resource instead.
-  resource:
-    provider: auto
-    api_key_env: OPENAI_API_KEY
-    max_concurrency: 4
-
-  # Where images and their sidecar JSON go (relative paths: to the project root). Remove the
-  # block to use the project's `image_store` resource instead.
-  store:
-    base_url: gptimage_store
-
-  # Edit steps downstream, partition by partition; `sources` defaults to the generation asset.
-  edits:
-    - name: {name}_watercolor
-      prompt: Repaint this picture as a loose watercolor illustration
-      quality: low
-"""
-
-_SCAFFOLD_TABLE = """\
-key,prompt
-lighthouse,A red and white lighthouse on a rocky coast at dawn
-teapot,A blue ceramic teapot on a wooden table by a sunny window
-bicycle,A vintage green bicycle leaning against a brick wall
-"""
-
-
 @dg.scaffold_with(GPTImageComponentScaffolder)
 class GPTImageComponent(dg.Component, _PreciseSchema, dg.Model, GenerationDefaults):
     """Partitioned images from a prompt table with GPT image models, plus edit steps downstream.
@@ -410,7 +345,8 @@ class GPTImageComponent(dg.Component, _PreciseSchema, dg.Model, GenerationDefaul
                 if attributes is not None
                 else {}
             )
-            refused = _refused(cls, raw, context)
+            site = YamlSite(str(raw.get("name", "?")), context)
+            refused = site.schema_violation(cls.model().model_json_schema(), raw)
             if refused is None:
                 raise
             raise refused from error
@@ -423,135 +359,14 @@ class GPTImageComponent(dg.Component, _PreciseSchema, dg.Model, GenerationDefaul
         return {name: getattr(self, name) for name in GenerationDefaults.model_fields}
 
 
-def _refused(
-    cls: type[GPTImageComponent], raw: Mapping[str, Any], context: dg.ComponentLoadContext
-) -> GPTImageComponentError | None:
-    """The first violation of the YAML schema in ``raw`` as a component error (None when the schema
-    finds nothing: a template rendered to a bad value; Dagster's own message then stands, as it
-    does without ``jsonschema``, which comes with ``dg`` but is not a dependency of Dagster)."""
-    try:
-        import jsonschema
-    except ImportError:
-        return None
-
-    validator = jsonschema.Draft202012Validator(cls.model().model_json_schema())
-    violations = sorted(
-        validator.iter_errors(dict(raw)), key=lambda e: [str(p) for p in e.absolute_path]
-    )
-    if not violations:
-        return None
-    builder = _Builder(cls.model_construct(name=str(raw.get("name", "?"))), context)
-    violation = violations[0]
-    path = list(violation.absolute_path)
-    fix = "change the value as the message says"
-    if violation.validator == "enum":
-        allowed = [v for v in violation.validator_value if v is not None]
-        fix = f"use one of: {', '.join(map(str, allowed))}"
-    elif violation.validator == "pattern" and path and path[-1] == "size":
-        fix = f"use auto or WIDTHxHEIGHT, e.g. {_SIZE_EXAMPLES} (W:H on gateways)"
-    elif violation.validator == "type":
-        fix = f"write a value of type {violation.validator_value} (no templates here)"
-    elif violation.validator in _BOUNDS:
-        fix = f"use a value {_BOUNDS[violation.validator]} {violation.validator_value}"
-    elif violation.validator == "additionalProperties":
-        fix = "remove the unknown field (see docs/yaml-reference.md for the known ones)"
-    elif violation.validator == "required":
-        fix = "add the missing field"
-    return builder.fail(path, violation.message, fix)
-
-
-_BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
-
-
-class _Builder:
-    """Turns one declaration into definitions, translating every library error into a message that
-    points at the YAML."""
+class _Builder(YamlSite):
+    """Turns one declaration into definitions: resolves names and paths, calls the factories and
+    points every refusal at its YAML field."""
 
     def __init__(self, component: GPTImageComponent, context: dg.ComponentLoadContext) -> None:
+        super().__init__(component.name, context)
         self.c = component
         self.context = context
-        self.folder = Path(context.path)
-        self.tree = _source_tree(context)
-
-    # --- errors ------------------------------------------------------------------------------
-
-    def fail(
-        self, path: Sequence[str | int], problem: str, fix: str, *, show_source: bool = True
-    ) -> GPTImageComponentError:
-        """An error naming the file and line, the field (``attributes.x.y``), the problem and the
-        fix, with the YAML around the line unless it may hold a secret (``show_source=False``)."""
-        location = ".".join(str(part) for part in ["attributes", *path])
-        first_line = problem.strip().splitlines()[0] if problem.strip() else problem
-        where = f"GPTImageComponent {self.c.name!r}: {location}"
-        snippet = ""
-        if self.tree is not None:
-            try:
-                source = self.tree.source_error(
-                    yaml_path=["attributes", *path],
-                    inline_error_message=_clip(first_line, 100),
-                    value_error=True,
-                )
-                where = f"{source.file_name}:{source.start_line_no} - {location}"
-                snippet = f"\n{source.snippet}" if show_source else ""
-            except Exception:
-                where = f"{self.tree.position.filename} - {location}"
-        message = f"{where}: {problem.strip()}{snippet}\nFix: {fix}"
-        return GPTImageComponentError(message)
-
-    # --- pieces ------------------------------------------------------------------------------
-
-    def location(self, value: str) -> str:
-        """Paths in the YAML are relative to the defs.yaml's folder; URLs stay as they are."""
-        if "://" in value or "::" in value or os.path.isabs(os.path.expanduser(value)):
-            return os.path.expanduser(value)
-        return str((self.folder / value).resolve())
-
-    def table(
-        self,
-        path: Sequence[str | int],
-        value: str,
-        fmt: TableFormat | None,
-        key_column: str,
-        prompt_column: str,
-    ) -> PromptTable:
-        url = self.location(value)
-        try:
-            return PromptTable.from_path(
-                url, format=fmt, key_column=key_column, prompt_column=prompt_column
-            )
-        except PromptTableError as error:
-            raise self.fail(path, str(error), self._table_fix(error, url, value)) from None
-
-    def _table_fix(self, error: PromptTableError, url: str, value: str) -> str:
-        text = str(error)
-        if "does not exist" in text:
-            hint = ""
-            if "://" not in url:
-                nearby = sorted(
-                    p.name
-                    for p in Path(url).parent.glob("*")
-                    if p.suffix.lower()
-                    in (".csv", ".jsonl", ".ndjson", ".parquet", ".yaml", ".yml")
-                    and p.name not in ("defs.yaml", "defs.yml")
-                )
-                close = difflib.get_close_matches(Path(url).name, nearby, n=1)
-                if close:
-                    hint = f" (did you mean {close[0]!r}?)"
-                elif nearby:
-                    hint = f" (tables there: {', '.join(nearby[:5])})"
-            return (
-                f"point it at an existing table{hint}: a path relative to {self.folder} or an "
-                "fsspec URL such as s3://bucket/prompts.csv"
-            )
-        if error.problems:
-            return f"correct the rows listed above in {value}"
-        if "missing the required" in text:
-            return (
-                f"add the column to {value}, or name your columns with key_column / prompt_column"
-            )
-        if "format" in text:
-            return "use a .csv, .jsonl, .parquet or .yaml file, or set prompts_format"
-        return f"fix {value} as the message says"
 
     def resources(self) -> tuple[dict[str, Any], str, str]:
         c = self.c
@@ -725,7 +540,7 @@ class _Builder:
                 raise self.fail(
                     path,
                     f"{short_repr(name)} is not a valid asset name",
-                    f"use letters, digits and underscores, e.g. {_identifier(name) or 'images'!r}",
+                    f"use letters, digits and underscores, e.g. {identifier(name) or 'images'!r}",
                 )
             if name in names[:index]:
                 raise self.fail(
@@ -842,26 +657,7 @@ def _accepted_fix(field: str, accepted: Any) -> str:
     )
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _source_tree(context: dg.ComponentLoadContext) -> Any:
-    """The defs.yaml's source positions (file, lines), when the component came from YAML."""
-    decl = getattr(context, "component_decl", None)
-    source = getattr(decl, "source_tree", None)
-    tree = getattr(source, "source_position_tree", None)
-    return tree if tree is not None else context.resolution_context.source_position_tree
-
-
 def _prefix(key_prefix: str | Sequence[str] | None) -> list[str]:
     if key_prefix is None:
         return []
     return [key_prefix] if isinstance(key_prefix, str) else list(key_prefix)
-
-
-def scaffold_text(
-    name: str = "images", type_name: str = "dagster_gptimage.GPTImageComponent"
-) -> str:
-    """The defs.yaml that ``dg scaffold defs`` writes (for docs and tests)."""
-    return _SCAFFOLD_YAML.format(type_name=type_name, name=name)
