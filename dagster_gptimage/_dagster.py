@@ -109,10 +109,12 @@ class PreciseSchema(Resolvable):
         extra = derived.model_config.get("json_schema_extra")
         if callable(extra):
             return derived
-        static = dict(extra or {})
+        static: dict[str, Any] = dict(extra or {})
         fields = dict(getattr(cls, "model_fields", {}))
-        if cls.yaml_order_after in static.get("ui:order", ()):
-            static["ui:order"] = _ordered(cls, static["ui:order"], cls.yaml_order_after)
+        order = static.get("ui:order")
+        after = cls.yaml_order_after
+        if after is not None and isinstance(order, list) and after in order:
+            static["ui:order"] = _ordered(cls, [str(name) for name in order], after)
         strings = {name for name, field in fields.items() if _has_str(field.annotation)}
         patterns = dict(cls.yaml_patterns)
 

@@ -561,21 +561,25 @@ class _Builder(YamlSite):
                 "change the defaults in this file",
             ) from None
         except (DefinitionError, InvalidRequestError) as error:
-            field = _YAML_FIELDS.get(error.field or "")
-            where = list(path) if field is None else [*path, field]
-            inherited = path and field and getattr(step, field, None) is None
-            if inherited and getattr(self.c, field, None) is not None:
-                where = [field]
+            name = error.field or ""
             if isinstance(error, DefinitionError):
                 problem, fix = str(error), error.fix
             else:
-                problem, fix = error.message, _accepted_fix(field or "the field", error.accepted)
-            fix = (
-                _YAML_FIXES[error.field].format(folder=self.folder)
-                if error.field in _YAML_FIXES
-                else fix
-            )
-            raise self.fail(where, problem, fix) from None
+                problem, fix = error.message, _accepted_fix(name, error.accepted)
+            if name in _YAML_FIXES:
+                fix = _YAML_FIXES[name].format(folder=self.folder)
+            raise self.fail(self._blame(path, step, name), problem, fix) from None
+
+    def _blame(self, path: Sequence[str | int], step: BaseModel, name: str) -> list[str | int]:
+        """The YAML path of factory argument ``name``: the step's field, or the component's when
+        the step inherits it (an edit step without ``image_model``), or the step itself."""
+        field = _YAML_FIELDS.get(name)
+        if field is None:
+            return list(path)
+        inherited = path and getattr(step, field, None) is None
+        if inherited and getattr(self.c, field, None) is not None:
+            return [field]
+        return [*path, field]
 
     def _sources(self, index: int, step: EditStep, built: Mapping[str, Any]) -> list[Any]:
         """The step's sources, by step name, among the steps before it."""
@@ -649,7 +653,8 @@ class _Builder(YamlSite):
         )
 
 
-def _accepted_fix(field: str, accepted: Any) -> str:
+def _accepted_fix(name: str, accepted: Any) -> str:
+    field = _YAML_FIELDS.get(name, name) or "the field"
     if isinstance(accepted, (list, tuple)):
         accepted = ", ".join(str(a) for a in accepted)
     return (
