@@ -21,6 +21,7 @@ from dagster_gptimage.datasets import (
 )
 from dagster_gptimage.errors import (
     AuthenticationError,
+    DefinitionError,
     GPTImageError,
     GPTImageTimeoutError,
     InvalidImageError,
@@ -67,6 +68,7 @@ __all__ = [
     "MANIFEST_COLUMNS",
     "AuthenticationError",
     "ClientSettings",
+    "DefinitionError",
     "EditRequest",
     "GPTImageClient",
     "GPTImageComponent",

@@ -24,9 +24,10 @@ import dagster as dg
 from dagster_gptimage._checks import CHECK_NAME, check_result, verify_all
 from dagster_gptimage._dagster import (
     downstream_signal,
+    job_asset_is_partitioned,
     job_assets_defs,
     latest_materialization_ids,
-    latest_observation_ids,
+    latest_observed_versions,
 )
 from dagster_gptimage._events import failure, materialization
 from dagster_gptimage._execute import END, Budget, Done, Executor
@@ -37,6 +38,7 @@ from dagster_gptimage._plan import Failed, Planned, Planner
 from dagster_gptimage._scope import RunScope
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import short_repr
+from dagster_gptimage.prompt_rows import observations
 from dagster_gptimage.storage import ImageStore
 
 __all__ = ["ImageJob", "run_image_asset"]
@@ -92,6 +94,14 @@ class _Run:
         self.executor = Executor(self.planner, client, store, self.budget)
         self.tally = _Tally()
         self.input_pointers: dict[dg.AssetKey, Any] = {}
+        self.observed_rows: dict[str, tuple[int, str | None]] = {}
+        self.prompts_key = (
+            job.prompts_key
+            if job.prompts_key is not None and job_asset_is_partitioned(context, job.prompts_key)
+            else None
+        )
+        self.unversioned_prompts = job.prompts_key if self.prompts_key is None else None
+        """Prompt rows not defined as an asset: Dagster shows an unversioned stub in their place."""
 
     @property
     def name(self) -> str:
@@ -136,10 +146,24 @@ class _Run:
         instance = self.context.instance
         for source in self.job.sources:
             self.input_pointers[source] = latest_materialization_ids(instance, source, keys)
-        if self.job.prompts_key is not None:
-            self.input_pointers[self.job.prompts_key] = latest_observation_ids(
-                instance, self.job.prompts_key, keys
-            )
+        if self.prompts_key is not None:
+            self.observed_rows = latest_observed_versions(instance, self.prompts_key, keys)
+            self.input_pointers[self.prompts_key] = {
+                key: storage_id for key, (storage_id, _) in self.observed_rows.items()
+            }
+
+    def _row_observations(self, plans: Sequence[Planned]) -> Iterator[dg.AssetObservation]:
+        """The run read the table: a row whose version Dagster has not seen yet is observed here,
+        so the image made from it is fresh even where no sensor observes the table."""
+        if self.prompts_key is None:
+            return
+        versions = {
+            plan.key: plan.row_version
+            for plan in plans
+            if plan.row_version is not None
+            and self.observed_rows.get(plan.key, (0, None))[1] != plan.row_version
+        }
+        yield from observations(self.prompts_key, versions)
 
     def _materialization(self, record: Any, planned: Planned, *, cached: bool, preview: Any) -> Any:
         return materialization(
@@ -150,6 +174,8 @@ class _Run:
             preview=preview,
             code_version=self.job.code_version or self.context.run.run_id,
             input_pointers=self.input_pointers,
+            prompts_key=self.prompts_key,
+            stub_key=self.unversioned_prompts,
         )
 
     def events(self, keys: Sequence[str], loop: LoopThread) -> Iterator[Any]:
@@ -169,6 +195,10 @@ class _Run:
             + (f", {len(self.tally.failures)} failed before sending" if self.tally.failures else "")
         )
         self._load_input_pointers(keys)
+        observed = list(self._row_observations(planned))
+        if observed:
+            yield from observed
+            self._load_input_pointers(keys)
         yield from self._cached(hits)
         if todo:
             yield from self._executed(todo, loop)

@@ -1,14 +1,19 @@
-"""Every use of Dagster internals (``dagster._core``) in one place, so a Dagster upgrade that moves
-them breaks here, visibly, and the tests that exercise each one say which.
+"""Every use of Dagster internals (``dagster._core``, ``dagster.components.resolved``) in one
+place, so a Dagster upgrade that moves them breaks here, visibly, and the tests that exercise each
+one say which (``tests/test_dagster_internals.py`` checks the imports themselves).
 
 Used for: the data-version tag layout Dagster's staleness resolver reads, the partition-range run
-tags of single-run backfills, one batched event-log query, and the step-output event that lets
-downstream steps of the same run start when an asset records its partitions one by one.
+tags of single-run backfills, one batched event-log query, the step-output event that lets
+downstream steps of the same run start when an asset records its partitions one by one, and the
+YAML schema the component derives through ``Resolvable.model()`` (made precise here).
 """
 
 from __future__ import annotations
 
+import inspect
+import types
 from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Union, get_args, get_origin
 
 import dagster as dg
 from dagster._core.definitions.data_version import (
@@ -19,12 +24,20 @@ from dagster._core.definitions.data_version import (
     get_input_data_version_tag,
     get_input_event_pointer_tag,
 )
+from dagster._core.definitions.data_version import DEFAULT_DATA_VERSION as _DEFAULT_VERSION
 from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.execution.plan.outputs import StepOutputData, StepOutputHandle
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
+from dagster.components.resolved.base import Resolvable
+from dagster.components.resolved.errors import ResolutionException
+from pydantic import BaseModel
+
+UNOBSERVED_DATA_VERSION: str = _DEFAULT_VERSION.value
+"""The data version Dagster assumes for an external asset that was never observed (and treats as
+unchanged against a never-materialized one)."""
 
 __all__ = [
     "ASSET_PARTITION_RANGE_END_TAG",
@@ -33,12 +46,17 @@ __all__ = [
     "DATA_VERSION_IS_USER_PROVIDED_TAG",
     "DATA_VERSION_TAG",
     "NULL_EVENT_POINTER",
+    "UNOBSERVED_DATA_VERSION",
+    "PreciseSchema",
+    "ResolutionException",
+    "Resolvable",
     "downstream_signal",
     "get_input_data_version_tag",
     "get_input_event_pointer_tag",
+    "job_asset_is_partitioned",
     "job_assets_defs",
     "latest_materialization_ids",
-    "latest_observation_ids",
+    "latest_observed_versions",
     "op_function",
 ]
 
@@ -63,6 +81,13 @@ def job_assets_defs(
     return found
 
 
+def job_asset_is_partitioned(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> bool:
+    """Whether the step's job knows ``asset_key`` as a partitioned asset (a dependency left out of
+    the definitions is an unpartitioned stub there)."""
+    graph = context.job_def.asset_layer.asset_graph
+    return graph.has(asset_key) and graph.get(asset_key).partitions_def is not None
+
+
 def latest_materialization_ids(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_keys: Sequence[str]
 ) -> Mapping[str, int]:
@@ -72,13 +97,27 @@ def latest_materialization_ids(
     )
 
 
-def latest_observation_ids(
+def latest_observed_versions(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_keys: Sequence[str]
-) -> Mapping[str, int]:
-    """Storage id of the latest observation of each of ``partition_keys`` (one query)."""
-    return instance.get_latest_storage_id_by_partition(
+) -> dict[str, tuple[int, str | None]]:
+    """Storage id and data version of the latest observation of each of ``partition_keys`` (two
+    queries, whatever the number of partitions)."""
+    ids = instance.get_latest_storage_id_by_partition(
         asset_key, DagsterEventType.ASSET_OBSERVATION, set(partition_keys)
     )
+    found: dict[str, tuple[int, str | None]] = {}
+    if not ids:
+        return found
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(ids.values())),
+        limit=len(ids),
+    ).records
+    for record in records:
+        observation = record.asset_observation
+        if observation is not None and observation.partition is not None:
+            version = observation.tags.get(DATA_VERSION_TAG)
+            found[observation.partition] = (record.storage_id, version)
+    return found
 
 
 def downstream_signal(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> DagsterEvent:
@@ -94,3 +133,113 @@ def downstream_signal(context: dg.AssetExecutionContext, asset_key: dg.AssetKey)
     output_name = context.assets_def.get_output_name_for_asset_key(asset_key)
     handle = StepOutputHandle(step_context.step.key, output_name)
     return DagsterEvent.step_output_event(step_context, StepOutputData(step_output_handle=handle))
+
+
+class PreciseSchema(Resolvable):
+    """A Resolvable whose derived YAML schema (what ``dg check yaml`` validates) is precise.
+
+    Dagster derives the schema from the pydantic fields (inherited ones included) and accepts a
+    template string for every non-string field, which turns enums into "any string" and nested
+    blocks into "object or any string": ``dg check yaml`` could not flag ``quality: ultra``, and it
+    reports any mismatch inside an ``anyOf`` as "not valid under any of the given schemas", naming
+    neither the bad key nor the accepted values. Its field merge also drops descriptions. This
+    override restores the descriptions, drops the injected string alternative (choices, numbers and
+    blocks are written literally), and folds what is left into one schema so that the validator's
+    message names the accepted values, or, for a block, the bad key inside it.
+
+    ``yaml_patterns``: a regex for string fields the YAML may write in a template-free form only.
+    ``yaml_order_after``: the field after which inherited fields are listed (``ui:order``).
+    """
+
+    yaml_patterns: ClassVar[Mapping[str, str]] = {}
+    yaml_order_after: ClassVar[str | None] = None
+
+    @classmethod
+    def model(cls) -> type[BaseModel]:
+        derived = super().model()
+        extra = derived.model_config.get("json_schema_extra")
+        if callable(extra):
+            return derived
+        static: dict[str, Any] = dict(extra or {})
+        fields = dict(getattr(cls, "model_fields", {}))
+        order = static.get("ui:order")
+        after = cls.yaml_order_after
+        if after is not None and isinstance(order, list) and after in order:
+            static["ui:order"] = _ordered(cls, [str(name) for name in order], after)
+        strings = {name for name, field in fields.items() if _has_str(field.annotation)}
+        patterns = dict(cls.yaml_patterns)
+
+        def _apply(schema: dict[str, Any], model: Any = None) -> None:
+            schema.update(static)
+            for name, prop in schema.get("properties", {}).items():
+                field = fields.get(name)
+                if field is not None and field.description:
+                    prop.setdefault("description", field.description)
+                for stray in ("ge", "gt", "le", "lt"):
+                    prop.pop(stray, None)
+            _template_free_schema(schema, strings, patterns)
+
+        derived.model_config["json_schema_extra"] = _apply
+        return derived
+
+
+def _ordered(cls: type, order: Sequence[str], after: str) -> list[str]:
+    """``order`` with the fields ``cls`` inherits moved right after ``after``."""
+    own = set(inspect.get_annotations(cls))
+    inherited = [name for name in order if name not in own]
+    rest = [name for name in order if name in own]
+    at = rest.index(after) + 1
+    return [*rest[:at], *inherited, *rest[at:]]
+
+
+def _has_str(annotation: Any) -> bool:
+    """Whether a field's declared type is or includes ``str`` (its string alternative is real)."""
+    if annotation is str:
+        return True
+    return get_origin(annotation) in (Union, types.UnionType) and str in get_args(annotation)
+
+
+def _template_free_schema(
+    schema: dict[str, Any], strings: set[str], patterns: Mapping[str, str]
+) -> None:
+    for name, prop in schema.get("properties", {}).items():
+        variants = prop.get("anyOf")
+        if not variants:
+            continue
+        if name in patterns:
+            variants = [
+                {"type": "string", "pattern": patterns[name]} if v == {"type": "string"} else v
+                for v in variants
+            ]
+        elif name not in strings and len(variants) > 1:
+            rest = [v for v in variants if v != {"type": "string"}]
+            if any(v.get("type") != "null" for v in rest):
+                variants = rest
+        prop.pop("anyOf")
+        prop.update(_fold(variants) or {"anyOf": variants})
+
+
+def _fold(variants: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One schema equivalent to ``anyOf: variants``, or None when there is none this simple."""
+    blocks = [v for v in variants if v.get("type") != "null"]
+    if len(blocks) == 1 and ("$ref" in blocks[0] or blocks[0].get("type") in ("object", "array")):
+        return dict(blocks[0])
+    if any("$ref" in v or "items" in v or "properties" in v or "anyOf" in v for v in variants):
+        return None
+    types: list[str] = []
+    merged: dict[str, Any] = {}
+    for variant in variants:
+        kind = variant.get("type")
+        if not isinstance(kind, str) or kind in types:
+            return None
+        types.append(kind)
+        for key, value in variant.items():
+            if key == "type":
+                continue
+            if key in merged and merged[key] != value:
+                return None
+            merged[key] = value
+    if "enum" in merged and "null" in types:
+        merged["enum"] = [*merged["enum"], None]
+    merged["type"] = types[0] if len(types) == 1 else types
+    return merged

@@ -7,6 +7,7 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_gptimage._dagster import UNOBSERVED_DATA_VERSION
 from dagster_gptimage._job import ImageJob
 from dagster_gptimage._metadata import InputVersion, data_version_tags, partition_metadata
 from dagster_gptimage._plan import Failed, Planned
@@ -27,9 +28,14 @@ def materialization(
     preview: Any,
     code_version: str,
     input_pointers: Mapping[dg.AssetKey, Mapping[str, int]],
+    prompts_key: dg.AssetKey | None,
+    stub_key: dg.AssetKey | None = None,
 ) -> dg.AssetMaterialization:
     """A partition's materialization: the image's sha256 as data version, with what it was made of
-    (source images' versions for edits, the prompt row's version for generations)."""
+    (source images' versions for edits; for generations, the prompt row's version, recorded against
+    ``prompts_key`` when the prompt rows are defined as an asset; without that asset, ``stub_key``
+    is recorded with the version Dagster assumes for the stub it shows in its place, so the
+    image is not reported stale for a dependency nobody can observe)."""
     inputs = [
         InputVersion(
             asset_key=source_key,
@@ -38,13 +44,17 @@ def materialization(
         )
         for source_key, source in zip(job.sources, planned.sources, strict=True)
     ]
-    if job.prompts_key is not None and planned.row_version is not None:
+    if prompts_key is not None and planned.row_version is not None:
         inputs.append(
             InputVersion(
-                asset_key=job.prompts_key,
+                asset_key=prompts_key,
                 data_version=planned.row_version,
-                storage_id=input_pointers.get(job.prompts_key, {}).get(planned.key),
+                storage_id=input_pointers.get(prompts_key, {}).get(planned.key),
             )
+        )
+    if stub_key is not None:
+        inputs.append(
+            InputVersion(asset_key=stub_key, data_version=UNOBSERVED_DATA_VERSION, storage_id=None)
         )
     metadata = partition_metadata(record, cached=cached, preview=preview, extra=planned.extra)
     if planned.row_version is not None:

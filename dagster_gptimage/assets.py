@@ -19,10 +19,11 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
+from dagster_gptimage import validation
 from dagster_gptimage._backfill import run_image_asset
 from dagster_gptimage._checks import CHECK_NAME, check_spec
 from dagster_gptimage._job import ImageJob, attach_job
-from dagster_gptimage.errors import InvalidRequestError
+from dagster_gptimage.errors import DefinitionError, InvalidRequestError
 from dagster_gptimage.images import load_input_image
 from dagster_gptimage.models import MODEL_SPECS, ImageParams, request_defaults
 from dagster_gptimage.prompt_rows import prompt_rows_key
@@ -73,15 +74,34 @@ def _load_time_params(defaults: Mapping[str, Any], *, what: str) -> ImageParams:
         ) from error
 
 
+def _validate_defaults(defaults: Mapping[str, Any], *, edit: bool, what: str) -> None:
+    """The asset-level defaults must be valid for their model (without one, for at least one model,
+    as the rows are), so a bad default is blamed on its own field and not on every row."""
+    models = [defaults["model"]] if "model" in defaults else list(MODEL_SPECS)
+    errors: list[InvalidRequestError] = []
+    for model in models:
+        params = _load_time_params({**defaults, "model": model}, what=what)
+        try:
+            validation.validate_params(params, provider=None, edit=edit)
+            return
+        except InvalidRequestError as error:
+            errors.append(error)
+    first = errors[0]
+    raise InvalidRequestError(
+        f"{what}: {first.message}", field=first.field, value=first.value, accepted=first.accepted
+    ) from first
+
+
 def _validate_rows(
     table: PromptTable, defaults: Mapping[str, Any], *, edit: bool, what: str
 ) -> None:
-    """Validate every row at definition load time, so a bad row fails ``dagster definitions
-    validate`` rather than a run.
+    """Validate the defaults, then every row, at definition load time, so a bad row fails
+    ``dagster definitions validate`` rather than a run.
 
     Without an asset-level ``model`` the resource decides the model at run time, so the table passes
     if it is valid for at least one model (the run validates again with the real model and provider).
     """
+    _validate_defaults(defaults, edit=edit, what=what)
     if "model" in defaults:
         table.validate(_load_time_params(defaults, what=what), provider=None, edit=edit)
     else:
@@ -111,22 +131,13 @@ def _validate_rows(
 
 
 def _validate_fixed_prompt(prompt: str, defaults: Mapping[str, Any], *, what: str) -> None:
-    from dagster_gptimage import validation
-
-    errors: list[InvalidRequestError] = []
-    models = [defaults["model"]] if "model" in defaults else list(MODEL_SPECS)
-    for model in models:
-        try:
-            params = _load_time_params({**defaults, "model": model}, what=what)
-            validation.validate_params(params, provider=None, edit=True)
-            validation.validate_prompt(prompt)
-            return
-        except InvalidRequestError as error:
-            errors.append(error)
-    first = errors[0]
-    raise InvalidRequestError(
-        f"{what}: {first.message}", field=first.field, value=first.value, accepted=first.accepted
-    )
+    _validate_defaults(defaults, edit=True, what=what)
+    try:
+        validation.validate_prompt(prompt)
+    except InvalidRequestError as error:
+        raise InvalidRequestError(
+            f"{what}: {error.message}", field="prompt", value=error.value, accepted=error.accepted
+        ) from error
 
 
 def _partitions(
@@ -136,20 +147,32 @@ def _partitions(
         return dg.StaticPartitionsDefinition(list(keys))
     if partitioning == "dynamic":
         return dg.DynamicPartitionsDefinition(name=f"gptimage__{asset_key.to_python_identifier()}")
-    raise ValueError(f"partitioning={partitioning!r}; accepted: 'static' or 'dynamic'")
+    raise DefinitionError(
+        f"partitioning={partitioning!r}; accepted: 'static' or 'dynamic'",
+        field="partitioning",
+        fix="use 'static' or 'dynamic'",
+    )
 
 
 def _backfill_policy(max_partitions_per_run: int | None) -> dg.BackfillPolicy:
     if max_partitions_per_run is None:
         return dg.BackfillPolicy.single_run()
     if max_partitions_per_run < 1:
-        raise ValueError(f"max_partitions_per_run={max_partitions_per_run!r} must be >= 1 or None")
+        raise DefinitionError(
+            f"max_partitions_per_run={max_partitions_per_run!r} must be >= 1 or None",
+            field="max_partitions_per_run",
+            fix="give at least 1, or None for one run per backfill",
+        )
     return dg.BackfillPolicy.multi_run(max_partitions_per_run)
 
 
 def _check_budget(max_cost_usd: float | None) -> None:
     if max_cost_usd is not None and not max_cost_usd >= 0:
-        raise ValueError(f"max_cost_usd={max_cost_usd!r} must be >= 0 or None")
+        raise DefinitionError(
+            f"max_cost_usd={max_cost_usd!r} must be >= 0 or None",
+            field="max_cost_usd",
+            fix="give a budget in USD (>= 0), or None for no budget",
+        )
 
 
 def _build(
@@ -291,15 +314,21 @@ def _source_partitions(
 ) -> tuple[list[dg.AssetKey], dg.PartitionsDefinition]:
     """Source keys and their shared partitions definition (identity mapping needs one)."""
     if not sources:
-        raise ValueError(f"{what}: sources is empty; give at least one upstream image asset")
+        raise DefinitionError(
+            f"{what}: sources is empty; give at least one upstream image asset",
+            field="sources",
+            fix="give at least one upstream image asset",
+        )
     keys: list[dg.AssetKey] = []
     found: list[tuple[dg.AssetKey, dg.PartitionsDefinition | None]] = []
     for source in sources:
         if isinstance(source, dg.AssetsDefinition):
             if len(source.keys) != 1:
-                raise ValueError(
+                raise DefinitionError(
                     f"{what}: source {source.node_def.name!r} defines {len(source.keys)} assets; "
-                    "pass the AssetKey of the image asset instead"
+                    "pass the AssetKey of the image asset instead",
+                    field="sources",
+                    fix="pass the AssetKey of the image asset instead",
                 )
             key = source.key
             found.append((key, source.partitions_def))
@@ -311,21 +340,27 @@ def _source_partitions(
     if partitions_def is not None:
         found.insert(0, (keys[0], partitions_def))
     if not found:
-        raise ValueError(
+        raise DefinitionError(
             f"{what}: cannot tell the partitions of source {keys[0].to_user_string()}; pass the "
-            "AssetsDefinition returned by image_generation_asset/image_edit_asset, or partitions_def="
+            "AssetsDefinition returned by image_generation_asset/image_edit_asset, or partitions_def=",
+            field="sources",
+            fix="pass the source's AssetsDefinition, or partitions_def=",
         )
     first_key, first_def = found[0]
     for key, other in found:
         if other is None:
-            raise ValueError(
+            raise DefinitionError(
                 f"{what}: source {key.to_user_string()} is not partitioned; edit assets map "
-                "partitions one to one and need partitioned image sources"
+                "partitions one to one and need partitioned image sources",
+                field="sources",
+                fix="edit partitioned image assets only",
             )
         if other != first_def:
-            raise ValueError(
+            raise DefinitionError(
                 f"{what}: all sources must share one partitions definition (identity mapping), but "
-                f"{key.to_user_string()} differs from {first_key.to_user_string()}"
+                f"{key.to_user_string()} differs from {first_key.to_user_string()}",
+                field="sources",
+                fix="edit sources made from one prompt table (one partitions definition)",
             )
     assert first_def is not None
     return keys, first_def
@@ -343,6 +378,38 @@ def _local_mask(mask: str, *, what: str) -> str:
             f"{what}: {error.message}", field="mask", value=mask, accepted=error.accepted
         ) from error
     return path
+
+
+def _check_edit_arguments(
+    prompt: str | None,
+    prompts: PromptTable | None,
+    mask: str | None,
+    mask_column: str | None,
+    *,
+    what: str,
+) -> None:
+    if (prompt is None) == (prompts is None):
+        raise DefinitionError(
+            f"{what}: give exactly one of prompt= (one for all) or prompts= (a table)",
+            field="prompt",
+            fix="give prompt= (one text for every partition) or prompts= (a table keyed like the "
+            "sources), not both or neither",
+        )
+    if mask is not None and mask_column is not None:
+        raise DefinitionError(
+            f"{what}: give mask= (one file) or mask_column= (per key), not both",
+            field="mask_column",
+            fix="give mask (one file for all) or mask_column (a per-key column), not both",
+        )
+    if mask_column is not None and (prompts is None or mask_column not in prompts.columns):
+        raise DefinitionError(
+            f"{what}: mask_column={mask_column!r} must name a column of the prompts table"
+            + (f" (columns: {', '.join(prompts.columns)})" if prompts is not None else ""),
+            field="mask_column",
+            fix=f"use one of its columns: {', '.join(prompts.columns)}"
+            if prompts is not None
+            else "give a prompts table with a mask column, or mask for one mask",
+        )
 
 
 def image_edit_asset(
@@ -386,27 +453,26 @@ def image_edit_asset(
     asset_key = _asset_key(name, key_prefix)
     what = f"image edit asset {asset_key.to_user_string()}"
     _check_budget(max_cost_usd)
-    if (prompt is None) == (prompts is None):
-        raise ValueError(f"{what}: give exactly one of prompt= (one for all) or prompts= (a table)")
-    if mask is not None and mask_column is not None:
-        raise ValueError(f"{what}: give mask= (one file) or mask_column= (per key), not both")
-    if mask_column is not None and (prompts is None or mask_column not in prompts.columns):
-        raise ValueError(
-            f"{what}: mask_column={mask_column!r} must name a column of the prompts table"
-            + (f" (columns: {', '.join(prompts.columns)})" if prompts is not None else "")
-        )
+    _check_edit_arguments(prompt, prompts, mask, mask_column, what=what)
     source_keys, shared = _source_partitions(sources, partitions_def, what=what)
     if asset_key in source_keys:
-        raise ValueError(f"{what}: an edit asset cannot be its own source")
+        raise DefinitionError(
+            f"{what}: an edit asset cannot be its own source",
+            field="sources",
+            fix="remove the asset itself from its sources",
+        )
     defaults = request_defaults(what, edit=True, model=model, **request_params)
     if prompts is not None:
         _validate_rows(prompts, defaults, edit=True, what=what)
         if isinstance(shared, dg.StaticPartitionsDefinition):
             missing = [key for key in shared.get_partition_keys() if key not in prompts]
             if missing:
-                raise ValueError(
+                raise DefinitionError(
                     f"{what}: the prompts table has no row for {len(missing)} source partitions: "
-                    f"{', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}"
+                    f"{', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}",
+                    field="prompts",
+                    fix="add a row for each of them to the prompts table, or change the "
+                    "declaration so that the sources' partitions match it",
                 )
     else:
         assert prompt is not None

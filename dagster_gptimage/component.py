@@ -2,7 +2,9 @@
 
 A ``defs.yaml`` declares a prompt table, request defaults and any number of edit steps; the
 component calls ``image_generation_asset`` / ``image_edit_asset`` / ``prompt_table_sensor`` (one
-implementation, two faces), so a YAML pipeline behaves exactly like a Python one.
+implementation, two faces), so a YAML pipeline behaves exactly like a Python one. The request fields
+are not declared here: they are those of :class:`~dagster_gptimage.models.GenerationDefaults` and
+:class:`~dagster_gptimage.models.RequestDefaults`, derived from ``ImageParams``.
 
 Resources: without a ``resource:`` / ``store:`` block the assets use the project's ``gptimage`` and
 ``image_store`` resources (or ``resource_key`` / ``store_key``). With a block the component provides
@@ -12,8 +14,9 @@ components (or Python definitions) would otherwise collide. Secrets never appear
 key and storage credentials are read from environment variables named in the YAML.
 
 Mistakes fail ``dg check yaml`` (schema: unknown fields, values outside an enum, a malformed size)
-or ``dg check defs`` (what needs the table or the model's rules: a missing table, a bad row, a size
-the model refuses), with a message that names the file, the field and the fix.
+or ``dg check defs``: the factories refuse what cannot work (a bad row, a size the model refuses, a
+mask that is not an image) with errors naming their argument, and ``_YAML_FIELDS`` turns that
+argument into the YAML field, so the message names the file, the line, the field and the fix.
 
 No ``from __future__ import annotations``: Dagster derives the YAML schema from these annotations.
 """
@@ -23,28 +26,25 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import dagster as dg
-from dagster.components.resolved.base import Resolvable as _ResolvableBase
-from dagster.components.resolved.errors import ResolutionException
 from pydantic import BaseModel, Field, ValidationError
 from typing_extensions import Self
 
-from dagster_gptimage import validation
+from dagster_gptimage._dagster import PreciseSchema as _PreciseSchema
+from dagster_gptimage._dagster import ResolutionException
+from dagster_gptimage._scaffold import GPTImageComponentScaffolder, identifier, scaffold_text
+from dagster_gptimage._yaml import GPTImageComponentError, YamlSite
 from dagster_gptimage.assets import image_edit_asset, image_generation_asset
-from dagster_gptimage.errors import InvalidRequestError, short_repr
+from dagster_gptimage.errors import DefinitionError, InvalidRequestError, short_repr
 from dagster_gptimage.models import (
-    MODEL_SPECS,
+    DEFAULT_FIELDS,
     PRESET_SIZES,
-    Background,
-    ImageParams,
-    InputFidelity,
-    Moderation,
-    OutputFormat,
-    Quality,
+    GenerationDefaults,
+    RequestDefaults,
 )
-from dagster_gptimage.prompts import PromptTable, PromptTableError, TableFormat
+from dagster_gptimage.prompts import PromptTableError, TableFormat
 from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.sensors import prompt_table_sensor
 from dagster_gptimage.settings import ClientOptions
@@ -58,6 +58,7 @@ __all__ = [
     "ImageStoreSpec",
     "PromptTableSensorSpec",
     "ResourceSpec",
+    "scaffold_text",
 ]
 
 Automation = Literal["eager", "on_missing"]
@@ -71,98 +72,33 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_OPTION = re.compile(r"(^key$|secret|password|token|credential|account_key|sas)", re.I)
 _SIZE_EXAMPLES = ", ".join(PRESET_SIZES)
 
+_YAML_FIELDS: Mapping[str, str] = {
+    **{name: name for name in DEFAULT_FIELDS},
+    "model": "image_model",
+    "n": "prompts",
+    "prompt": "prompt",
+    "prompts": "prompts",
+    "mask": "mask",
+    "mask_column": "mask_column",
+    "sources": "sources",
+    "partitioning": "partitioning",
+    "max_cost_usd": "max_cost_usd",
+    "max_partitions_per_run": "max_partitions_per_run",
+    "asset": "sensor",
+}
+"""The YAML field behind each argument a factory may blame (``DefinitionError.field``,
+``InvalidRequestError.field``), relative to the step (or, when the step does not set it, the
+component field it inherits). Request fields keep their names; ``model`` is ``image_model``
+because ``Resolvable.model()`` owns that name; ``n`` only comes from table rows."""
 
-class GPTImageComponentError(ValueError):
-    """A GPTImageComponent declaration that cannot work. The message names the file (and line), the
-    field and the fix."""
+_YAML_FIXES: Mapping[str, str] = {
+    "size": f"set size to auto or an accepted size, e.g. {_SIZE_EXAMPLES}",
+    "mask": "give a PNG path relative to {folder}, or a URL",
+    "n": "remove the n column from the table, or set it to 1",
+}
+"""Fixes worded for the YAML where the factory's own would speak Python."""
 
-
-def _template_free_schema(schema: dict[str, Any]) -> None:
-    """Make the YAML schema precise where Dagster's template injection makes it vague.
-
-    Dagster accepts a template string for every non-string field, which turns enums into "any
-    string" and nested blocks into "object or any string", so ``dg check yaml`` could not flag
-    ``quality: ultra``, and it reports any mismatch inside an ``anyOf`` as "not valid under any of
-    the given schemas", naming neither the bad key nor the accepted values. So: drop the injected
-    string alternative (choices, numbers and blocks are written literally), then fold what is left
-    into one schema (``{"type": ["string", "null"], "enum": [...]}``) so that the validator's
-    message names the accepted values, or, for a block, keep only the block so that it reports the
-    bad key inside it.
-    """
-    for name, prop in schema.get("properties", {}).items():
-        variants = prop.get("anyOf")
-        if not variants:
-            continue
-        if name == "size":
-            variants = [
-                {"type": "string", "pattern": SIZE_PATTERN} if v == {"type": "string"} else v
-                for v in variants
-            ]
-        elif name not in _STRING_FIELDS and len(variants) > 1:
-            rest = [v for v in variants if v != {"type": "string"}]
-            if any(v.get("type") != "null" for v in rest):
-                variants = rest
-        prop.pop("anyOf")
-        prop.update(_fold(variants) or {"anyOf": variants})
-
-
-def _fold(variants: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One schema equivalent to ``anyOf: variants``, or None when there is none this simple."""
-    blocks = [v for v in variants if v.get("type") != "null"]
-    if len(blocks) == 1 and ("$ref" in blocks[0] or blocks[0].get("type") in ("object", "array")):
-        return dict(blocks[0])
-    if any("$ref" in v or "items" in v or "properties" in v or "anyOf" in v for v in variants):
-        return None
-    types: list[str] = []
-    merged: dict[str, Any] = {}
-    for variant in variants:
-        kind = variant.get("type")
-        if not isinstance(kind, str) or kind in types:
-            return None
-        types.append(kind)
-        for key, value in variant.items():
-            if key == "type":
-                continue
-            if key in merged and merged[key] != value:
-                return None
-            merged[key] = value
-    if "enum" in merged and "null" in types:
-        merged["enum"] = [*merged["enum"], None]
-    merged["type"] = types[0] if len(types) == 1 else types
-    return merged
-
-
-_STRING_FIELDS = frozenset({"key_prefix"})
-"""Fields whose declared type includes ``str``: their string alternative is real, not injected."""
-
-
-class _PreciseSchema(_ResolvableBase):
-    """Resolvable whose derived YAML schema goes through ``_template_free_schema``."""
-
-    @classmethod
-    def model(cls) -> type[BaseModel]:
-        derived = super().model()
-        extra = derived.model_config.get("json_schema_extra")
-        if not callable(extra):
-            static = dict(extra or {})
-
-            descriptions = {
-                name: field.description
-                for name, field in getattr(cls, "model_fields", {}).items()
-                if field.description
-            }
-
-            def _apply(schema: dict[str, Any], model: Any = None) -> None:
-                schema.update(static)
-                for name, prop in schema.get("properties", {}).items():
-                    if name in descriptions:
-                        prop.setdefault("description", descriptions[name])
-                    for stray in ("ge", "gt", "le", "lt"):
-                        prop.pop(stray, None)
-                _template_free_schema(schema)
-
-            derived.model_config["json_schema_extra"] = _apply
-        return derived
+_T = TypeVar("_T")
 
 
 class ResourceSpec(_PreciseSchema, ClientOptions, dg.Model):
@@ -227,8 +163,12 @@ class PromptTableSensorSpec(_PreciseSchema, dg.Model):
     )
 
 
-class EditStep(_PreciseSchema, dg.Model):
-    """An edit asset downstream of the generation asset or of earlier edit steps."""
+class EditStep(_PreciseSchema, dg.Model, RequestDefaults):
+    """An edit asset downstream of the generation asset or of earlier edit steps. Request fields
+    (size, quality …, input_fidelity) are those of ``RequestDefaults``."""
+
+    yaml_patterns: ClassVar[Mapping[str, str]] = {"size": SIZE_PATTERN}
+    yaml_order_after: ClassVar[str | None] = "image_model"
 
     name: str = Field(description="Asset name of this step (letters, digits, underscores).")
     sources: list[str] | None = Field(
@@ -261,13 +201,6 @@ class EditStep(_PreciseSchema, dg.Model):
     image_model: str | None = Field(
         default=None, description="Model of this step. Default: the component's image_model."
     )
-    size: str | None = Field(default=None, description="Output size. Default: the model's.")
-    quality: Quality | None = None
-    output_format: OutputFormat | None = None
-    output_compression: int | None = Field(default=None, ge=0, le=100)
-    background: Background | None = None
-    moderation: Moderation | None = None
-    input_fidelity: InputFidelity | None = None
     automation: Automation | None = Field(
         default=None,
         description=(
@@ -280,78 +213,23 @@ class EditStep(_PreciseSchema, dg.Model):
     )
     description: str | None = None
 
-
-class GPTImageComponentScaffolder(dg.Scaffolder):
-    """``dg scaffold defs dagster_gptimage.GPTImageComponent <path>``: a working defs.yaml (real
-    API with a key, emulator without) and a three-row prompt table beside it."""
-
-    def scaffold(self, request: dg.ScaffoldRequest) -> None:
-        folder = Path(request.target_path)
-        folder.mkdir(parents=True, exist_ok=True)
-        name = _identifier(folder.name) or "images"
-        (folder / "defs.yaml").write_text(
-            _SCAFFOLD_YAML.format(type_name=request.type_name, name=name), encoding="utf-8"
-        )
-        table = folder / "prompts.csv"
-        if not table.exists():
-            table.write_text(_SCAFFOLD_TABLE, encoding="utf-8")
-
-
-def _identifier(text: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_").lower()
-    return f"images_{cleaned}" if cleaned[:1].isdigit() else cleaned
-
-
-_SCAFFOLD_YAML = """\
-type: {type_name}
-
-attributes:
-  # One image per row of the prompt table (columns: key, prompt, optional size/quality/...).
-  # Paths are relative to this file; fsspec URLs (s3://..., gs://...) work too.
-  name: {name}
-  prompts: prompts.csv
-  size: 1024x1024
-  quality: low
-  output_format: png
-  # A run refuses to start, or stops starting requests, beyond this estimated spend (USD).
-  max_cost_usd: 1.0
-
-  # This pipeline's own client: the OpenAI API when OPENAI_API_KEY is set, otherwise the
-  # offline emulator (placeholder images, no cost). Remove the block to use the project's
-  # `gptimage` resource instead.
-  resource:
-    provider: auto
-    api_key_env: OPENAI_API_KEY
-    max_concurrency: 4
-
-  # Where images and their sidecar JSON go (relative paths: to the project root). Remove the
-  # block to use the project's `image_store` resource instead.
-  store:
-    base_url: gptimage_store
-
-  # Edit steps downstream, partition by partition; `sources` defaults to the generation asset.
-  edits:
-    - name: {name}_watercolor
-      prompt: Repaint this picture as a loose watercolor illustration
-      quality: low
-"""
-
-_SCAFFOLD_TABLE = """\
-key,prompt
-lighthouse,A red and white lighthouse on a rocky coast at dawn
-teapot,A blue ceramic teapot on a wooden table by a sunny window
-bicycle,A vintage green bicycle leaning against a brick wall
-"""
+    def request_params(self) -> dict[str, Any]:
+        """The request defaults this step sets."""
+        return {name: getattr(self, name) for name in RequestDefaults.model_fields}
 
 
 @dg.scaffold_with(GPTImageComponentScaffolder)
-class GPTImageComponent(dg.Component, _PreciseSchema, dg.Model):
+class GPTImageComponent(dg.Component, _PreciseSchema, dg.Model, GenerationDefaults):
     """Partitioned images from a prompt table with GPT image models, plus edit steps downstream.
 
     One partition per table row (static, or dynamic with a sensor that adds new rows), images and
     sidecar JSON in an ImageStore, cost/latency/tokens metadata per partition, cached reruns that
-    cost nothing. The same assets as ``image_generation_asset`` / ``image_edit_asset``.
+    cost nothing. The same assets as ``image_generation_asset`` / ``image_edit_asset``; the request
+    fields (size, quality, output_format …) are those of ``GenerationDefaults``.
     """
+
+    yaml_patterns: ClassVar[Mapping[str, str]] = {"size": SIZE_PATTERN}
+    yaml_order_after: ClassVar[str | None] = "image_model"
 
     name: str = Field(description="Asset name of the generated images.")
     prompts: str = Field(
@@ -373,22 +251,6 @@ class GPTImageComponent(dg.Component, _PreciseSchema, dg.Model):
             "model (gpt-image-2)."
         ),
     )
-    size: str | None = Field(
-        default=None,
-        description=(
-            "auto or WxH (gpt-image-2: any multiple of 16 up to 3840 per side; older models: "
-            f"{_SIZE_EXAMPLES}); W:H aspect ratios on gateways."
-        ),
-    )
-    quality: Quality | None = None
-    output_format: OutputFormat | None = None
-    output_compression: int | None = Field(
-        default=None, ge=0, le=100, description="0-100, jpeg/webp only."
-    )
-    background: Background | None = Field(
-        default=None, description="transparent needs png/webp and a model other than gpt-image-2."
-    )
-    moderation: Moderation | None = None
     partitioning: Literal["static", "dynamic"] = Field(
         default="static",
         description=(
@@ -466,7 +328,8 @@ class GPTImageComponent(dg.Component, _PreciseSchema, dg.Model):
                 if attributes is not None
                 else {}
             )
-            refused = _refused(cls, raw, context)
+            site = YamlSite(str(raw.get("name", "?")), context)
+            refused = site.schema_violation(cls.model().model_json_schema(), raw)
             if refused is None:
                 raise
             raise refused from error
@@ -474,170 +337,19 @@ class GPTImageComponent(dg.Component, _PreciseSchema, dg.Model):
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         return _Builder(self, context).build()
 
-
-def _refused(
-    cls: type[GPTImageComponent], raw: Mapping[str, Any], context: dg.ComponentLoadContext
-) -> GPTImageComponentError | None:
-    """The first violation of the YAML schema in ``raw`` as a component error (None when the schema
-    finds nothing: a template rendered to a bad value; Dagster's own message then stands, as it
-    does without ``jsonschema``, which comes with ``dg`` but is not a dependency of Dagster)."""
-    try:
-        import jsonschema
-    except ImportError:
-        return None
-
-    validator = jsonschema.Draft202012Validator(cls.model().model_json_schema())
-    violations = sorted(
-        validator.iter_errors(dict(raw)), key=lambda e: [str(p) for p in e.absolute_path]
-    )
-    if not violations:
-        return None
-    builder = _Builder(cls.model_construct(name=str(raw.get("name", "?"))), context)
-    violation = violations[0]
-    path = list(violation.absolute_path)
-    fix = "change the value as the message says"
-    if violation.validator == "enum":
-        allowed = [v for v in violation.validator_value if v is not None]
-        fix = f"use one of: {', '.join(map(str, allowed))}"
-    elif violation.validator == "pattern" and path and path[-1] == "size":
-        fix = f"use auto or WIDTHxHEIGHT, e.g. {_SIZE_EXAMPLES} (W:H on gateways)"
-    elif violation.validator == "type":
-        fix = f"write a value of type {violation.validator_value} (no templates here)"
-    elif violation.validator in _BOUNDS:
-        fix = f"use a value {_BOUNDS[violation.validator]} {violation.validator_value}"
-    elif violation.validator == "additionalProperties":
-        fix = "remove the unknown field (see docs/yaml-reference.md for the known ones)"
-    elif violation.validator == "required":
-        fix = "add the missing field"
-    return builder.fail(path, violation.message, fix)
+    def request_params(self) -> dict[str, Any]:
+        """The request defaults this component sets."""
+        return {name: getattr(self, name) for name in GenerationDefaults.model_fields}
 
 
-_BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
-
-
-class _Builder:
-    """Turns one declaration into definitions, translating every library error into a message that
-    points at the YAML."""
+class _Builder(YamlSite):
+    """Turns one declaration into definitions: resolves names and paths, calls the factories and
+    points every refusal at its YAML field."""
 
     def __init__(self, component: GPTImageComponent, context: dg.ComponentLoadContext) -> None:
+        super().__init__(component.name, context)
         self.c = component
         self.context = context
-        self.folder = Path(context.path)
-        self.tree = _source_tree(context)
-
-    # --- errors ------------------------------------------------------------------------------
-
-    def fail(
-        self, path: Sequence[str | int], problem: str, fix: str, *, show_source: bool = True
-    ) -> GPTImageComponentError:
-        """An error naming the file and line, the field (``attributes.x.y``), the problem and the
-        fix, with the YAML around the line unless it may hold a secret (``show_source=False``)."""
-        location = ".".join(str(part) for part in ["attributes", *path])
-        first_line = problem.strip().splitlines()[0] if problem.strip() else problem
-        where = f"GPTImageComponent {self.c.name!r}: {location}"
-        snippet = ""
-        if self.tree is not None:
-            try:
-                source = self.tree.source_error(
-                    yaml_path=["attributes", *path],
-                    inline_error_message=_clip(first_line, 100),
-                    value_error=True,
-                )
-                where = f"{source.file_name}:{source.start_line_no} - {location}"
-                snippet = f"\n{source.snippet}" if show_source else ""
-            except Exception:
-                where = f"{self.tree.position.filename} - {location}"
-        message = f"{where}: {problem.strip()}{snippet}\nFix: {fix}"
-        return GPTImageComponentError(message)
-
-    # --- pieces ------------------------------------------------------------------------------
-
-    def location(self, value: str) -> str:
-        """Paths in the YAML are relative to the defs.yaml's folder; URLs stay as they are."""
-        if "://" in value or "::" in value or os.path.isabs(os.path.expanduser(value)):
-            return os.path.expanduser(value)
-        return str((self.folder / value).resolve())
-
-    def table(
-        self,
-        path: Sequence[str | int],
-        value: str,
-        fmt: TableFormat | None,
-        key_column: str,
-        prompt_column: str,
-    ) -> PromptTable:
-        url = self.location(value)
-        try:
-            return PromptTable.from_path(
-                url, format=fmt, key_column=key_column, prompt_column=prompt_column
-            )
-        except PromptTableError as error:
-            raise self.fail(path, str(error), self._table_fix(error, url, value)) from None
-
-    def _table_fix(self, error: PromptTableError, url: str, value: str) -> str:
-        text = str(error)
-        if "does not exist" in text:
-            hint = ""
-            if "://" not in url:
-                nearby = sorted(
-                    p.name
-                    for p in Path(url).parent.glob("*")
-                    if p.suffix.lower()
-                    in (".csv", ".jsonl", ".ndjson", ".parquet", ".yaml", ".yml")
-                    and p.name not in ("defs.yaml", "defs.yml")
-                )
-                close = difflib.get_close_matches(Path(url).name, nearby, n=1)
-                if close:
-                    hint = f" (did you mean {close[0]!r}?)"
-                elif nearby:
-                    hint = f" (tables there: {', '.join(nearby[:5])})"
-            return (
-                f"point it at an existing table{hint}: a path relative to {self.folder} or an "
-                "fsspec URL such as s3://bucket/prompts.csv"
-            )
-        if error.problems:
-            return f"correct the rows listed above in {value}"
-        if "missing the required" in text:
-            return (
-                f"add the column to {value}, or name your columns with key_column / prompt_column"
-            )
-        if "format" in text:
-            return "use a .csv, .jsonl, .parquet or .yaml file, or set prompts_format"
-        return f"fix {value} as the message says"
-
-    def check_params(
-        self, path: Sequence[str | int], params: Mapping[str, Any], *, edit: bool
-    ) -> None:
-        """Asset-level defaults must be valid for their model (or, without one, for at least one
-        model, like the factories' table check), so a bad default is blamed on its own field and
-        not on every row of the table."""
-        models = [params["model"]] if "model" in params else list(MODEL_SPECS)
-        first: InvalidRequestError | None = None
-        for model in models:
-            try:
-                validation.validate_params(
-                    ImageParams(**{**params, "model": model}), provider=None, edit=edit
-                )
-                return
-            except InvalidRequestError as error:
-                first = first or error
-        assert first is not None
-        raise self._param_failure(path, first) from None
-
-    def _param_failure(
-        self, path: Sequence[str | int], error: InvalidRequestError
-    ) -> GPTImageComponentError:
-        field = "image_model" if error.field == "model" else (error.field or "")
-        accepted = error.accepted
-        if isinstance(accepted, (list, tuple)):
-            accepted = ", ".join(str(a) for a in accepted)
-        if field == "size":
-            fix = f"set size to auto or an accepted size, e.g. {_SIZE_EXAMPLES}"
-        elif accepted:
-            fix = f"set {field or 'the field'} to an accepted value: {accepted}"
-        else:
-            fix = f"change or remove {field or 'the field'}"
-        return self.fail([*path, field] if field else list(path), error.message, fix)
 
     def resources(self) -> tuple[dict[str, Any], str, str]:
         c = self.c
@@ -734,9 +446,6 @@ class _Builder:
 
     # --- assets ------------------------------------------------------------------------------
 
-    def _defaults(self, **params: Any) -> dict[str, Any]:
-        return {name: value for name, value in params.items() if value is not None}
-
     def build(self) -> dg.Definitions:
         c = self.c
         self._check_names()
@@ -747,16 +456,6 @@ class _Builder:
                 "set partitioning: dynamic, or remove the sensor block",
             )
         provided, resource_key, store_key = self.resources()
-        defaults = self._defaults(
-            model=c.image_model,
-            size=c.size,
-            quality=c.quality,
-            output_format=c.output_format,
-            output_compression=c.output_compression,
-            background=c.background,
-            moderation=c.moderation,
-        )
-        self.check_params([], defaults, edit=False)
         table = self.table(["prompts"], c.prompts, c.prompts_format, c.key_column, c.prompt_column)
         common: dict[str, Any] = {
             "key_prefix": c.key_prefix,
@@ -770,21 +469,16 @@ class _Builder:
             "code_version": c.code_version,
         }
         generation = self._guard(
-            ["prompts"],
-            c.prompts,
+            [],
+            c,
             lambda: image_generation_asset(
                 name=c.name,
                 prompts=table,
                 description=c.description,
-                size=c.size,
-                quality=c.quality,
-                output_format=c.output_format,
-                output_compression=c.output_compression,
-                background=c.background,
-                moderation=c.moderation,
                 model=c.image_model,
                 partitioning=c.partitioning,
                 max_cost_usd=c.max_cost_usd,
+                **c.request_params(),
                 **common,
             ),
         )
@@ -794,15 +488,16 @@ class _Builder:
         sensors: list[dg.SensorDefinition] = []
         if c.partitioning == "dynamic":
             spec = c.sensor or PromptTableSensorSpec()
+            status = dg.DefaultSensorStatus.RUNNING if spec.default_status == "running" else None
             sensors.append(
-                prompt_table_sensor(
-                    generation,
-                    name=spec.name,
-                    minimum_interval_seconds=spec.minimum_interval_seconds,
-                    default_status=(
-                        dg.DefaultSensorStatus.RUNNING
-                        if spec.default_status == "running"
-                        else dg.DefaultSensorStatus.STOPPED
+                self._guard(
+                    [],
+                    c,
+                    lambda: prompt_table_sensor(
+                        generation,
+                        name=spec.name,
+                        minimum_interval_seconds=spec.minimum_interval_seconds,
+                        default_status=status or dg.DefaultSensorStatus.STOPPED,
                     ),
                 )
             )
@@ -817,7 +512,7 @@ class _Builder:
                 raise self.fail(
                     path,
                     f"{short_repr(name)} is not a valid asset name",
-                    f"use letters, digits and underscores, e.g. {_identifier(name) or 'images'!r}",
+                    f"use letters, digits and underscores, e.g. {identifier(name) or 'images'!r}",
                 )
             if name in names[:index]:
                 raise self.fail(
@@ -826,34 +521,40 @@ class _Builder:
                     "give every edit step its own name",
                 )
 
-    def _guard(
-        self, path: Sequence[str | int], table_label: str, build: Callable[[], dg.AssetsDefinition]
-    ) -> dg.AssetsDefinition:
-        """Run a factory, blaming the YAML field behind whatever it refuses."""
+    def _guard(self, path: Sequence[str | int], step: BaseModel, build: Callable[[], _T]) -> _T:
+        """Run a factory, blaming the YAML field behind the argument it refuses."""
         try:
             return build()
         except PromptTableError as error:
             raise self.fail(
-                path,
+                [*path, "prompts"],
                 str(error),
-                f"correct the rows listed above in {table_label}, or change the defaults in "
-                "this file",
+                f"correct the rows listed above in {getattr(step, 'prompts', None) or ''}, or "
+                "change the defaults in this file",
             ) from None
-        except InvalidRequestError as error:
-            raise self._param_failure(path[:-1], error) from None
-        except ValueError as error:
-            raise self.fail(
-                path[:-1] or path, str(error), "change the declaration as the message says"
-            ) from None
+        except (DefinitionError, InvalidRequestError) as error:
+            name = error.field or ""
+            if isinstance(error, DefinitionError):
+                problem, fix = str(error), error.fix
+            else:
+                problem, fix = error.message, _accepted_fix(name, error.accepted)
+            if name in _YAML_FIXES:
+                fix = _YAML_FIXES[name].format(folder=self.folder)
+            raise self.fail(self._blame(path, step, name), problem, fix) from None
 
-    def _edit(
-        self,
-        index: int,
-        step: EditStep,
-        built: Mapping[str, dg.AssetsDefinition],
-        common: Mapping[str, Any],
-    ) -> dg.AssetsDefinition:
-        path: list[str | int] = ["edits", index]
+    def _blame(self, path: Sequence[str | int], step: BaseModel, name: str) -> list[str | int]:
+        """The YAML path of factory argument ``name``: the step's field, or the component's when
+        the step inherits it (an edit step without ``image_model``), or the step itself."""
+        field = _YAML_FIELDS.get(name)
+        if field is None:
+            return list(path)
+        inherited = path and getattr(step, field, None) is None
+        if inherited and getattr(self.c, field, None) is not None:
+            return [field]
+        return [*path, field]
+
+    def _sources(self, index: int, step: EditStep, built: Mapping[str, Any]) -> list[Any]:
+        """The step's sources, by step name, among the steps before it."""
         sources = step.sources or [self.c.name]
         for position, source in enumerate(sources):
             if source not in built:
@@ -866,10 +567,21 @@ class _Builder:
                 close = difflib.get_close_matches(source, list(built), n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 raise self.fail(
-                    [*path, "sources", position],
+                    ["edits", index, "sources", position],
                     f"{source!r} {reason}",
                     f"{hint}use one of: {', '.join(built)}",
                 )
+        return [built[source] for source in sources]
+
+    def _edit(
+        self,
+        index: int,
+        step: EditStep,
+        built: Mapping[str, dg.AssetsDefinition],
+        common: Mapping[str, Any],
+    ) -> dg.AssetsDefinition:
+        path: list[str | int] = ["edits", index]
+        sources = self._sources(index, step, built)
         if (step.prompt is None) == (step.prompts is None):
             raise self.fail(
                 path,
@@ -877,30 +589,6 @@ class _Builder:
                 "table keyed like the sources)",
                 "give prompt: <text> or prompts: <table path>, not both or neither",
             )
-        if step.mask is not None and step.mask_column is not None:
-            raise self.fail(
-                [*path, "mask_column"],
-                "mask and mask_column are both set",
-                "give mask (one file for all) or mask_column (a per-key column), not both",
-            )
-        defaults = self._defaults(
-            model=step.image_model or self.c.image_model,
-            size=step.size,
-            quality=step.quality,
-            output_format=step.output_format,
-            output_compression=step.output_compression,
-            background=step.background,
-            moderation=step.moderation,
-            input_fidelity=step.input_fidelity,
-        )
-        self.check_params(path, defaults, edit=True)
-        if step.prompt is not None:
-            try:
-                validation.validate_prompt(step.prompt)
-            except InvalidRequestError as error:
-                raise self.fail(
-                    [*path, "prompt"], error.message, "write a shorter prompt"
-                ) from None
         table = None
         if step.prompts is not None:
             table = self.table(
@@ -910,78 +598,43 @@ class _Builder:
                 step.key_column,
                 step.prompt_column,
             )
-            if step.mask_column is not None and step.mask_column not in table.columns:
-                raise self.fail(
-                    [*path, "mask_column"],
-                    f"{step.mask_column!r} is not a column of {step.prompts}",
-                    f"use one of its columns: {', '.join(table.columns)}",
-                )
-        elif step.mask_column is not None:
-            raise self.fail(
-                [*path, "mask_column"],
-                "mask_column names a column of the prompts table, and this step has none",
-                "give the step a prompts table, or use mask: <file> for one mask",
-            )
-        mask = self.location(step.mask) if step.mask is not None else None
-        if mask is not None and "://" not in mask and not os.path.exists(mask):
-            raise self.fail(
-                [*path, "mask"],
-                f"mask file {mask} does not exist",
-                f"give a PNG path relative to {self.folder}, or a URL",
-            )
         automation = {
             "eager": dg.AutomationCondition.eager(),
             "on_missing": dg.AutomationCondition.on_missing(),
             None: None,
         }[step.automation]
-        budget = step.max_cost_usd if step.max_cost_usd is not None else self.c.max_cost_usd
-        label = step.prompts or ""
         return self._guard(
-            [*path, "prompts" if table is not None else "prompt"],
-            label,
+            path,
+            step,
             lambda: image_edit_asset(
                 name=step.name,
-                sources=[built[source] for source in sources],
+                sources=sources,
                 prompt=step.prompt,
                 prompts=table,
-                mask=mask,
+                mask=self.location(step.mask) if step.mask is not None else None,
                 mask_column=step.mask_column,
                 description=step.description,
-                size=step.size,
-                quality=step.quality,
-                output_format=step.output_format,
-                output_compression=step.output_compression,
-                background=step.background,
-                moderation=step.moderation,
-                input_fidelity=step.input_fidelity,
                 model=step.image_model or self.c.image_model,
                 automation_condition=automation,
-                max_cost_usd=budget,
+                max_cost_usd=(
+                    step.max_cost_usd if step.max_cost_usd is not None else self.c.max_cost_usd
+                ),
+                **step.request_params(),
                 **common,
             ),
         )
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _source_tree(context: dg.ComponentLoadContext) -> Any:
-    """The defs.yaml's source positions (file, lines), when the component came from YAML."""
-    decl = getattr(context, "component_decl", None)
-    source = getattr(decl, "source_tree", None)
-    tree = getattr(source, "source_position_tree", None)
-    return tree if tree is not None else context.resolution_context.source_position_tree
+def _accepted_fix(name: str, accepted: Any) -> str:
+    field = _YAML_FIELDS.get(name, name) or "the field"
+    if isinstance(accepted, (list, tuple)):
+        accepted = ", ".join(str(a) for a in accepted)
+    return (
+        f"set {field} to an accepted value: {accepted}" if accepted else f"change or remove {field}"
+    )
 
 
 def _prefix(key_prefix: str | Sequence[str] | None) -> list[str]:
     if key_prefix is None:
         return []
     return [key_prefix] if isinstance(key_prefix, str) else list(key_prefix)
-
-
-def scaffold_text(
-    name: str = "images", type_name: str = "dagster_gptimage.GPTImageComponent"
-) -> str:
-    """The defs.yaml that ``dg scaffold defs`` writes (for docs and tests)."""
-    return _SCAFFOLD_YAML.format(type_name=type_name, name=name)

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "FINAL_REASONS",
     "AuthenticationError",
+    "DefinitionError",
     "GPTImageError",
     "GPTImageTimeoutError",
     "InvalidImageError",
@@ -44,6 +45,27 @@ def short_repr(value: Any, limit: int = _REPR_LIMIT) -> str:
         keep = max(limit - 15, 10)
         text = f"{text[:keep]}…[{len(text)} chars]"
     return text
+
+
+class DefinitionError(ValueError):
+    """An asset or sensor factory refused its arguments: raised when the definitions load, before
+    any request.
+
+    ``field`` names the argument to change (``"prompt"``, ``"mask_column"``, ``"sources"`` …) and
+    ``fix`` says how, so a declarative face (the YAML component) can point at its own field.
+    """
+
+    def __init__(self, message: str, *, field: str, fix: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.fix = fix
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_definition_error, (str(self), self.field, self.fix))
+
+
+def _definition_error(message: str, field: str, fix: str) -> DefinitionError:
+    return DefinitionError(message, field=field, fix=fix)
 
 
 class GPTImageError(Exception):

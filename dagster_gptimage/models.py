@@ -33,6 +33,7 @@ __all__ = [
     "ASPECT_RATIO_LIMIT",
     "COMPRESSIBLE_FORMATS",
     "DEFAULT_FIELDS",
+    "GENERATION_DEFAULT_FIELDS",
     "MAX_PROMPT_CHARS",
     "MODEL_SPECS",
     "PRESET_SIZES",
@@ -42,6 +43,7 @@ __all__ = [
     "EditRequest",
     "GenerateRequest",
     "GeneratedImage",
+    "GenerationDefaults",
     "ImageParams",
     "ImageRequest",
     "ImageResult",
@@ -300,11 +302,11 @@ DEFAULT_FIELDS: tuple[str, ...] = tuple(f for f in REQUEST_FIELDS if f not in ("
 """Request parameters an asset may default (``model`` is chosen apart, ``n`` is always 1)."""
 
 
-def _defaults_model() -> type[BaseModel]:
+def _defaults_model(name: str, names: tuple[str, ...], doc: str) -> type[BaseModel]:
     fields: dict[str, Any] = {}
-    for name in DEFAULT_FIELDS:
-        info = ImageParams.model_fields[name]
-        fields[name] = (
+    for field in names:
+        info = ImageParams.model_fields[field]
+        fields[field] = (
             info.annotation | None,  # type: ignore[operator]
             Field(
                 default=None,
@@ -312,19 +314,29 @@ def _defaults_model() -> type[BaseModel]:
                 json_schema_extra=info.json_schema_extra,
             ),
         )
-    return create_model(
-        "RequestDefaults",
-        __doc__=(
-            "Asset-level request defaults (``None``: not set, so a row or the model decides). "
-            "Derived from :class:`ImageParams`; the base of the component's request fields."
-        ),
-        __module__=__name__,
-        **fields,
-    )
+    return create_model(name, __doc__=doc, __module__=__name__, **fields)
 
 
-RequestDefaults = _defaults_model()
+RequestDefaults = _defaults_model(
+    "RequestDefaults",
+    DEFAULT_FIELDS,
+    "Asset-level request defaults (``None``: not set, so a row or the model decides). Derived "
+    "from :class:`ImageParams`; the base of the component's edit steps.",
+)
 """Every :data:`DEFAULT_FIELDS` parameter as an optional field, with ImageParams' descriptions."""
+
+GENERATION_DEFAULT_FIELDS: tuple[str, ...] = tuple(
+    f for f in DEFAULT_FIELDS if f != "input_fidelity"
+)
+"""Request parameters a generation asset may default (``input_fidelity`` is for edits only)."""
+
+GenerationDefaults = _defaults_model(
+    "GenerationDefaults",
+    GENERATION_DEFAULT_FIELDS,
+    "The request defaults of a generation: :class:`RequestDefaults` without the edit-only "
+    "``input_fidelity``. Derived from :class:`ImageParams`; the base of the component.",
+)
+"""Every :data:`GENERATION_DEFAULT_FIELDS` parameter as an optional field."""
 
 
 def request_defaults(what: str, *, edit: bool, model: str | None, **given: Any) -> dict[str, Any]:
@@ -333,7 +345,7 @@ def request_defaults(what: str, *, edit: bool, model: str | None, **given: Any) 
     An unknown name or an edit-only parameter on a generation raises naming it and the accepted
     names, before anything else happens.
     """
-    accepted = DEFAULT_FIELDS if edit else tuple(f for f in DEFAULT_FIELDS if f != "input_fidelity")
+    accepted = DEFAULT_FIELDS if edit else GENERATION_DEFAULT_FIELDS
     unknown = sorted(name for name in given if name not in accepted)
     if unknown:
         raise InvalidRequestError(

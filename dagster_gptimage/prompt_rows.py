@@ -19,6 +19,7 @@ import dagster as dg
 
 from dagster_gptimage._dagster import DATA_VERSION_TAG
 from dagster_gptimage._job import ImageJob, image_job
+from dagster_gptimage.errors import DefinitionError
 from dagster_gptimage.prompts import PromptRow, PromptTable
 
 __all__ = [
@@ -72,9 +73,11 @@ def generation_job(asset: dg.AssetsDefinition, *, what: str) -> ImageJob:
     """The job of a generation asset made by ``image_generation_asset``, or a clear error."""
     job = image_job(asset)
     if job is None or job.prompts is None or job.kind != "generate" or job.prompts_key is None:
-        raise ValueError(
+        raise DefinitionError(
             f"{what} needs an asset made by image_generation_asset; "
-            f"{asset.key.to_user_string()} is not one"
+            f"{asset.key.to_user_string()} is not one",
+            field="asset",
+            fix="pass what image_generation_asset(...) returned",
         )
     return job
 

@@ -93,7 +93,9 @@ def test_the_prompt_table_is_upstream_with_one_version_per_row(
     first = ticker.tick()
     assert isinstance(first, dg.SensorResult)
     assert sorted(e.partition for e in first.asset_events) == ["a", "b", "c"]
-    assert materialize_range([base, edit], resources, "a", "c", instance=instance).success
+    assert materialize_range(
+        [rows, base, edit], resources, "a", "c", instance=instance, selection=[base, edit]
+    ).success
     made = materializations(instance, base.key)
     assert made["b"].tags["dagster/input_data_version/kites_prompts"] == (
         made["b"].metadata["prompt_row_version"].value
@@ -111,7 +113,9 @@ def test_the_prompt_table_is_upstream_with_one_version_per_row(
     assert stale(instance, defs, base.key, ["a", "b", "c"]) == {"b"}
 
     before = emulator.stats.requests
-    assert materialize_range([base], resources, "b", "b", instance=instance).success
+    assert materialize_range(
+        [rows, base], resources, "b", "b", instance=instance, selection=[base]
+    ).success
     assert emulator.stats.requests - before == 1
     assert stale(instance, defs, base.key, ["a", "b", "c"]) == set()
     # Edits follow by the images' own data versions.
@@ -172,7 +176,7 @@ def test_eager_regenerates_changed_added_and_fixed_rows(
 
     result, requested = evaluate(None)
     assert requested == set(), "Dagster's first evaluation only takes stock"
-    run = materialize_range([base], resources, "a", "c", instance=instance)
+    run = materialize_range([rows, base], resources, "a", "c", instance=instance, selection=[base])
     assert not run.success, "b is blocked"
     assert set(materializations(instance, base.key)) == {"a", "c"}
     result, requested = evaluate(result.cursor)
