@@ -44,6 +44,7 @@ from dagster_gptimage._metadata import (
     preview_markdown,
     run_summary,
 )
+from dagster_gptimage._urls import redact_url
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import (
     AuthenticationError,
@@ -58,7 +59,7 @@ from dagster_gptimage.errors import (
 from dagster_gptimage.fingerprint import request_fingerprint
 from dagster_gptimage.models import ImageRequest
 from dagster_gptimage.prompts import PromptRow, PromptTable
-from dagster_gptimage.storage import ImageRecord, ImageStore, SourceImage, redact_url
+from dagster_gptimage.storage import ImageRecord, ImageStore, SourceImage
 
 __all__ = ["ImageJob", "run_image_asset"]
 
@@ -181,21 +182,9 @@ def _stored_path(store: ImageStore, record: ImageRecord) -> str:
 def _read_cached(
     store: ImageStore, asset_key: dg.AssetKey, key: str, fingerprint: str
 ) -> tuple[ImageRecord, bytes] | None:
-    """Like ``ImageStore.cached_record`` but also returns the bytes it verified (for the preview and
-    the check), so a cache hit reads its image once."""
-    record = store.read_record(asset_key, key)
-    if record is None or record.fingerprint != fingerprint:
-        return None
-    if record.asset_key != list(asset_key.path) or record.partition_key != key:
-        return None
-    path = _stored_path(store, record)
-    try:
-        data = store.read_bytes(path)
-    except (FileNotFoundError, ValueError):
-        return None
-    if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
-        return None
-    return record.model_copy(update={"path": path}), data
+    """The cache hit and the bytes verified for it (for the preview and the check)."""
+    hit = store.read_verified(asset_key, key, fingerprint)
+    return None if hit is None else (hit.record, hit.data)
 
 
 def _safe_preview(data: bytes) -> dg.MetadataValue | None:

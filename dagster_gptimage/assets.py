@@ -22,11 +22,11 @@ from pydantic import Field
 
 from dagster_gptimage._backfill import ImageJob, run_image_asset
 from dagster_gptimage._checks import CHECK_NAME, check_spec
+from dagster_gptimage._urls import redact_url
 from dagster_gptimage.errors import InvalidRequestError
 from dagster_gptimage.images import load_input_image
 from dagster_gptimage.models import MODEL_SPECS, ImageParams
 from dagster_gptimage.prompts import PromptTable, PromptTableError
-from dagster_gptimage.storage import redact_url
 
 __all__ = [
     "IMAGE_CHECK_NAME",
