@@ -476,8 +476,9 @@ class ImageStore(dg.ConfigurableResource):
     ) -> "VerifiedImage | None":
         """The partition's record and image bytes if the sidecar belongs to this partition, was
         made by ``fingerprint`` (when given) and its image is there with the recorded size and
-        sha256; None otherwise. The one read behind both the cache and the image check, so a
-        missing, truncated or replaced image is never taken for the one that was paid for."""
+        sha256; None otherwise. Every cache hit comes through here (``cached_record`` and the image
+        assets), so a missing, truncated or replaced image is never taken for the one paid for;
+        ``data`` spares the caller a second read for its preview and check."""
         record = self.read_record(asset_key, partition_key)
         if record is None or (fingerprint is not None and record.fingerprint != fingerprint):
             return None
