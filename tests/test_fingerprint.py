@@ -150,7 +150,7 @@ def test_a_revision_changes_the_fingerprint() -> None:
     assert request_fingerprint(BASE, emulated=False, revision="2") == request_fingerprint(
         GenerateRequest(prompt="a lighthouse at dusk"), emulated=False, revision="2"
     )
-    edit = EditRequest(prompt="p", images=[RED])
+    edit = EditRequest(prompt="p", images=(RED,))
     assert request_fingerprint(edit, emulated=False, revision="2") != request_fingerprint(
         edit, emulated=False
     )

@@ -10,7 +10,8 @@ Every problem in a table is reported at once, with its row number, key and fix, 
 fixing a 500-row spreadsheet one error per Dagster reload would give up.
 
 Modules: ``_table`` (PromptTable), ``_row`` (PromptRow), ``_origin`` (TableOrigin), ``_problems``
-(errors), ``_keys`` (key rules), ``_cells`` (cell coercion), ``_build`` (records to rows),
+(errors), ``_keys`` (key rules), ``_cells`` (cell coercion), ``_build`` (records and frames to
+rows),
 ``_source`` (format detection, reading, dispatch) and one reader per format (``_csv``, ``_jsonl``,
 ``_parquet``, ``_yaml``).
 """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dagster_gptimage.models import REQUEST_FIELDS
@@ -25,7 +25,7 @@ from dagster_gptimage.prompts._problems import (
 )
 from dagster_gptimage.prompts._row import REVISION_COLUMN, PromptRow
 
-__all__ = ["build_rows"]
+__all__ = ["build_rows", "frame_records", "parse_mappings"]
 
 
 def build_rows(
@@ -51,6 +51,42 @@ def build_rows(
     if problems:
         raise PromptTableError.from_problems(sorted_problems(problems), source=source)
     return rows
+
+
+def parse_mappings(records: Iterable[Any]) -> Parsed:
+    """In-memory records as a reader would hand them over; a non-mapping is its row's problem."""
+    problems: list[RowProblem] = []
+    rows: list[dict[str, Any]] = []
+    columns: dict[str, None] = {}
+    for i, record in enumerate(records, 1):
+        if not isinstance(record, Mapping):
+            problems.append(
+                RowProblem(
+                    i,
+                    None,
+                    f"row is a {type(record).__name__}, not a mapping",
+                    "give every record as a dict of column -> value",
+                )
+            )
+            rows.append({})
+            continue
+        row = {str(k): v for k, v in record.items()}
+        columns.update(dict.fromkeys(row))
+        rows.append(row)
+    return Parsed(rows, tuple(columns), [None] * len(rows), problems)
+
+
+def frame_records(df: Any) -> list[Any]:
+    """The rows of a pandas or polars DataFrame or a pyarrow Table, duck-typed (no pandas import)."""
+    if hasattr(df, "to_dicts"):
+        return df.to_dicts()
+    if hasattr(df, "to_pylist"):
+        return df.to_pylist()
+    if hasattr(df, "to_dict"):
+        return df.to_dict("records")
+    raise TypeError(
+        f"from_dataframe expects a pandas/polars DataFrame or a pyarrow Table, got {type(df).__name__}"
+    )
 
 
 def _check_columns(

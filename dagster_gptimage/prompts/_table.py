@@ -12,7 +12,7 @@ from typing import Any
 from dagster_gptimage import validation
 from dagster_gptimage.errors import InvalidRequestError, short_repr
 from dagster_gptimage.models import REQUEST_FIELDS, GenerateRequest, ImageParams, Provider
-from dagster_gptimage.prompts._build import build_rows
+from dagster_gptimage.prompts._build import build_rows, frame_records, parse_mappings
 from dagster_gptimage.prompts._keys import key_problems
 from dagster_gptimage.prompts._origin import TableOrigin
 from dagster_gptimage.prompts._parsed import Parsed
@@ -119,27 +119,8 @@ class PromptTable:
         source: str | None = None,
     ) -> PromptTable:
         """Build a table from mappings (``source`` is only a label for messages and the description)."""
-        problems: list[RowProblem] = []
-        rows: list[dict[str, Any]] = []
-        columns: dict[str, None] = {}
-        for i, record in enumerate(records, 1):
-            if not isinstance(record, Mapping):
-                problems.append(
-                    RowProblem(
-                        i,
-                        None,
-                        f"row is a {type(record).__name__}, not a mapping",
-                        "give every record as a dict of column -> value",
-                    )
-                )
-                rows.append({})
-                continue
-            row = {str(k): v for k, v in record.items()}
-            columns.update(dict.fromkeys(row))
-            rows.append(row)
         origin = TableOrigin(source=source, key_column=key_column, prompt_column=prompt_column)
-        parsed = Parsed(rows, tuple(columns), [None] * len(rows), problems)
-        return cls._built(parsed, origin, description)
+        return cls._built(parse_mappings(records), origin, description)
 
     @classmethod
     def from_dataframe(
@@ -153,18 +134,8 @@ class PromptTable:
     ) -> PromptTable:
         """Build a table from a pandas or polars DataFrame or a pyarrow Table (duck-typed: no pandas
         dependency). Missing values (None, NaN) mean "use the default"."""
-        if hasattr(df, "to_dicts"):
-            records = df.to_dicts()
-        elif hasattr(df, "to_pylist"):
-            records = df.to_pylist()
-        elif hasattr(df, "to_dict"):
-            records = df.to_dict("records")
-        else:
-            raise TypeError(
-                f"from_dataframe expects a pandas/polars DataFrame or a pyarrow Table, got {type(df).__name__}"
-            )
         return cls.from_records(
-            records,
+            frame_records(df),
             key_column=key_column,
             prompt_column=prompt_column,
             description=description,
