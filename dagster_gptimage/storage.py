@@ -473,7 +473,7 @@ class ImageStore(dg.ConfigurableResource):
 
     def read_verified(
         self, asset_key: AssetKeyLike, partition_key: str, fingerprint: str | None = None
-    ) -> "VerifiedImage | None":
+    ) -> VerifiedImage | None:
         """The partition's record and image bytes if the sidecar belongs to this partition, was
         made by ``fingerprint`` (when given) and its image is there with the recorded size and
         sha256; None otherwise. Every cache hit comes through here (``cached_record`` and the image
@@ -550,7 +550,7 @@ class ImageStore(dg.ConfigurableResource):
 
     async def aread_verified(
         self, asset_key: AssetKeyLike, partition_key: str, fingerprint: str | None = None
-    ) -> "VerifiedImage | None":
+    ) -> VerifiedImage | None:
         return await asyncio.to_thread(self.read_verified, asset_key, partition_key, fingerprint)
 
     async def aread_bytes(self, path: str) -> bytes:
