@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from dagster_gptimage._urls import redact_url
 from dagster_gptimage.errors import InvalidImageError
 from dagster_gptimage.images import inspect_image
 from dagster_gptimage.models import parse_size
-from dagster_gptimage.storage import ImageRecord, ImageStore, redact_url
+from dagster_gptimage.storage import ImageRecord, ImageStore
 
 __all__ = [
     "CHECK_NAME",
@@ -111,14 +112,19 @@ def verify_image(
     store: ImageStore, record: ImageRecord, *, decoded: DecodedImage | None = None
 ) -> list[str]:
     """Problems with ``record``'s image as stored now (an empty list: it is valid)."""
-    path = store.image_path(record.asset_key, record.partition_key, record.format)
     try:
-        data = store.read_bytes(path)
+        _, data = store.stored_image(record)
     except FileNotFoundError:
-        return [f"image file {redact_url(path)} is missing"]
+        return [f"image file {_shown_path(store, record)} is missing"]
     except OSError as error:
-        return [f"image file {redact_url(path)} could not be read ({type(error).__name__})"]
+        return [
+            f"image file {_shown_path(store, record)} could not be read ({type(error).__name__})"
+        ]
     return verify_bytes(record, data, decoded=decoded)
+
+
+def _shown_path(store: ImageStore, record: ImageRecord) -> str:
+    return redact_url(store.image_path(record.asset_key, record.partition_key, record.format))
 
 
 async def verify_all(

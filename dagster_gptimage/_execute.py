@@ -18,6 +18,7 @@ import dagster as dg
 from dagster_gptimage._checks import DecodedImage, verify_image
 from dagster_gptimage._metadata import safe_preview
 from dagster_gptimage._plan import Failed, Planned, Planner, SourceProblem, short_error
+from dagster_gptimage._urls import redact_url
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import (
     AuthenticationError,
@@ -26,7 +27,7 @@ from dagster_gptimage.errors import (
     failure_reason,
 )
 from dagster_gptimage.models import ImageRequest, ImageResult
-from dagster_gptimage.storage import ImageRecord, ImageStore, redact_url
+from dagster_gptimage.storage import ImageRecord, ImageStore
 
 __all__ = ["END", "Budget", "Done", "Executor"]
 
@@ -171,6 +172,7 @@ class Executor:
             extra=planned.extra,
             sources=planned.sources,
             mask=planned.mask,
+            revision=planned.revision,
         )
         try:
             written = await self.store.awrite_image(

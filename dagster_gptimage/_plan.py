@@ -16,13 +16,14 @@ import dagster as dg
 from dagster_gptimage._checks import verify_bytes
 from dagster_gptimage._job import ImageJob
 from dagster_gptimage._metadata import safe_preview
+from dagster_gptimage._urls import redact_url
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import InvalidRequestError
 from dagster_gptimage.fingerprint import request_fingerprint
 from dagster_gptimage.models import ImageRequest
 from dagster_gptimage.prompt_rows import row_data_version
 from dagster_gptimage.prompts import PromptRow, PromptTable
-from dagster_gptimage.storage import ImageRecord, ImageStore, SourceImage, redact_url
+from dagster_gptimage.storage import ImageRecord, ImageStore, SourceImage
 
 __all__ = [
     "Failed",
@@ -51,6 +52,7 @@ class Planned:
     mask: SourceImage | None = None
     mask_location: str | None = None
     row_version: str | None = None
+    revision: str | None = None
     cached: ImageRecord | None = None
     cached_preview: dg.MetadataValue | None = None
     cached_problems: list[str] = field(default_factory=list)
@@ -75,21 +77,10 @@ class SourceProblem(Exception):
 def read_cached(
     store: ImageStore, asset_key: dg.AssetKey, key: str, fingerprint: str
 ) -> tuple[ImageRecord, bytes] | None:
-    """Like ``ImageStore.cached_record`` but also returns the bytes it verified (for the preview and
-    the check), so a cache hit reads its image once."""
-    record = store.read_record(asset_key, key)
-    if record is None or record.fingerprint != fingerprint:
-        return None
-    if record.asset_key != list(asset_key.path) or record.partition_key != key:
-        return None
-    path = store.image_path(record.asset_key, record.partition_key, record.format)
-    try:
-        data = store.read_bytes(path)
-    except (FileNotFoundError, ValueError):
-        return None
-    if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
-        return None
-    return record.model_copy(update={"path": path}), data
+    """The cache hit and the bytes verified for it (for the preview and the check), so a cache hit
+    reads its image once."""
+    hit = store.read_verified(asset_key, key, fingerprint)
+    return None if hit is None else (hit.record, hit.data)
 
 
 def _resolve_location(location: str, table: PromptTable | None) -> str:
@@ -238,12 +229,13 @@ class Planner:
             return Failed(key, "invalid", short_error(error))
         except SourceProblem as error:
             return Failed(key, "source", str(error))
-        revision = getattr(row, "revision", None) if row is not None else None
+        revision = row.revision if row is not None else None
         planned = Planned(
             key=key,
             prompt=prompt,
             params=params,
-            fingerprint=_fingerprint(request, emulated=self.emulated, revision=revision),
+            fingerprint=request_fingerprint(request, emulated=self.emulated, revision=revision),
+            revision=revision,
             estimate_usd=self.client.estimate_cost(request),
             extra=dict(row.extra) if row is not None else {},
             request=request if self.job.kind == "generate" else None,
@@ -273,12 +265,6 @@ class Planner:
                 return await asyncio.to_thread(self.plan_one, key, rows[key])
 
         return list(await asyncio.gather(*(one(key) for key in keys)))
-
-
-def _fingerprint(request: ImageRequest, *, emulated: bool, revision: str | None) -> str:
-    if revision is None:
-        return request_fingerprint(request, emulated=emulated)
-    return request_fingerprint(request, emulated=emulated, revision=revision)  # type: ignore[call-arg]
 
 
 def short_error(error: BaseException, limit: int = 300) -> str:

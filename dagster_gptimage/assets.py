@@ -23,12 +23,12 @@ from dagster_gptimage import validation
 from dagster_gptimage._backfill import run_image_asset
 from dagster_gptimage._checks import CHECK_NAME, check_spec
 from dagster_gptimage._job import ImageJob, attach_job
+from dagster_gptimage._urls import redact_url
 from dagster_gptimage.errors import DefinitionError, InvalidRequestError
 from dagster_gptimage.images import load_input_image
 from dagster_gptimage.models import MODEL_SPECS, ImageParams, request_defaults
 from dagster_gptimage.prompt_rows import prompt_rows_key
 from dagster_gptimage.prompts import PromptTable, PromptTableError
-from dagster_gptimage.storage import redact_url
 
 __all__ = [
     "IMAGE_CHECK_NAME",

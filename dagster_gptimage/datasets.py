@@ -27,14 +27,10 @@ import dagster as dg
 import pyarrow as pa
 
 from dagster_gptimage._metadata import percentile
+from dagster_gptimage._urls import check_url_has_no_credentials, redact_url
 from dagster_gptimage.images import EXTENSIONS
 from dagster_gptimage.models import Usage
-from dagster_gptimage.storage import (
-    ImageRecord,
-    ImageStore,
-    check_url_has_no_credentials,
-    redact_url,
-)
+from dagster_gptimage.storage import ImageRecord, ImageStore
 
 __all__ = [
     "DEFAULT_EXPORT_COLUMNS",

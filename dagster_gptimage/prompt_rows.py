@@ -43,7 +43,7 @@ def row_data_version(row: PromptRow) -> str:
     payload = {
         "prompt": row.prompt,
         "params": dict(sorted(row.params.items())),
-        "revision": getattr(row, "revision", None),
+        "revision": row.revision,
     }
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -7,7 +7,8 @@ sidecar ImageRecord that says how the image was made (prompt, parameters, finger
 Writes are all-or-nothing per file (a temp file + ``os.replace`` on local disks, one ``pipe_file``
 on object stores) and ordered image first, sidecar second, so a reader never finds a sidecar
 describing a partial image. A paid-for image must never be lost to a half-written file, and a
-corrupt file must never be mistaken for a cached result: ``cached_record`` re-hashes the image.
+corrupt file must never be mistaken for a cached result: ``read_verified`` re-hashes the image
+before the cache serves it, and the image check reads the same file through ``stored_image``.
 """
 
 import asyncio
@@ -20,19 +21,28 @@ import secrets
 import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from dagster_gptimage._urls import (
+    check_url_has_no_credentials,
+    fs_is_local,
+    fs_protocols,
+    fs_serves,
+    redact_url,
+    resolve_local,
+)
 from dagster_gptimage.images import EXTENSIONS
 
 __all__ = [
     "ImageRecord",
     "ImageStore",
     "SourceImage",
+    "VerifiedImage",
     "check_url_has_no_credentials",
     "redact_url",
 ]
@@ -69,7 +79,8 @@ class ImageRecord(BaseModel):
     ``ImageStore.write_image`` fills ``asset_key``, ``partition_key``, ``path``, ``format``, ``bytes``
     and ``sha256`` from what it writes (and ``width``/``height`` when left at 0), so callers cannot
     store a record that disagrees with its image. Unknown fields are ignored so that records written
-    by newer versions stay readable.
+    by newer versions stay readable. ``revision`` is the prompt row's revision, part of the request
+    fingerprint (None when the row has none).
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -99,34 +110,19 @@ class ImageRecord(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
     sources: list[SourceImage] = Field(default_factory=list)
     mask: SourceImage | None = None
+    revision: str | None = None
 
 
-def check_url_has_no_credentials(url: str, *, what: str = "URL") -> None:
-    """Refuse ``scheme://user:secret@host/...``: a URL is shown in the UI, logs and metadata, so
-    credentials belong in ``storage_options`` (or the environment), never in the URL."""
-    for part in url.split("::"):
-        if "://" in part and "@" in urlsplit(part).netloc:
-            raise ValueError(
-                f"{what} {redact_url(url)!r} contains credentials before '@'. Remove them from the URL "
-                "and pass them in storage_options (e.g. {'key': ..., 'secret': ...} for s3, ideally "
-                "via dg.EnvVar) or use the storage provider's environment variables or credential files."
-            )
+@dataclass(frozen=True)
+class VerifiedImage:
+    """A stored image whose bytes were just checked against its sidecar (size and sha256).
 
+    ``record.path`` is where the image is now; ``data`` are the bytes that were verified, so a
+    caller that needs them (previews, decoding checks) does not read the file a second time.
+    """
 
-def redact_url(url: str) -> str:
-    """``url`` safe to display: user info replaced by ``***``, query string and fragment dropped
-    (presigned URLs carry signatures there). Plain local paths are returned unchanged."""
-    parts = []
-    for part in url.split("::"):
-        if "://" not in part:
-            parts.append(part)
-            continue
-        split = urlsplit(part)
-        netloc = split.netloc
-        if "@" in netloc:
-            netloc = "***@" + netloc.rsplit("@", 1)[1]
-        parts.append(urlunsplit((split.scheme, netloc, split.path, "", "")))
-    return "::".join(parts)
+    record: ImageRecord
+    data: bytes = field(repr=False)
 
 
 def _segment_problem(segment: str) -> str | None:
@@ -333,9 +329,7 @@ class ImageStore(dg.ConfigurableResource):
             url = os.path.join(os.environ["DAGSTER_HOME"], "storage", "gptimage")
         else:
             url = "gptimage_store"
-        if "://" not in url and "::" not in url:
-            url = os.path.abspath(os.path.expanduser(url))
-        return url.rstrip("/") or "/"
+        return resolve_local(url).rstrip("/") or "/"
 
     @property
     def fs(self) -> Any:
@@ -350,7 +344,7 @@ class ImageStore(dg.ConfigurableResource):
 
             options = {k: _resolve_env(v, k) for k, v in self.storage_options.items()}
             fs, _ = url_to_fs(base, **options)
-            cached = (base, fs, _is_local(fs))
+            cached = (base, fs, fs_is_local(fs))
             self._fs_cache = cached
         return cached[1], cached[2]
 
@@ -426,7 +420,7 @@ class ImageStore(dg.ConfigurableResource):
         except FileNotFoundError:
             # Folder-based remote file systems need the folder. Object stores raise this for a missing
             # bucket, and makedirs would create one: a typo must fail, not create a bucket.
-            if not _protocols(fs) & _FOLDER_PROTOCOLS:
+            if not fs_protocols(fs) & _FOLDER_PROTOCOLS:
                 raise
             fs.makedirs(fs._parent(target), exist_ok=True)
             fs.pipe_file(target, data)
@@ -443,7 +437,7 @@ class ImageStore(dg.ConfigurableResource):
     def read_bytes(self, path: str) -> bytes:
         """The bytes at ``path`` (an ``image_path`` of this store, or any fsspec URL)."""
         fs, _ = self._filesystem()
-        if _same_protocol(fs, path):
+        if fs_serves(fs, path):
             return fs.cat_file(fs._strip_protocol(path))
         from fsspec.core import url_to_fs
 
@@ -459,34 +453,54 @@ class ImageStore(dg.ConfigurableResource):
             return None
         return _parse_record(raw, url)
 
+    def stored_image(self, record: ImageRecord) -> tuple[str, bytes]:
+        """Where ``record``'s image is in this store now and its bytes, whatever ``record.path``
+        says (a store moved to another base URL still finds its images).
+
+        Raises FileNotFoundError when it is missing, ValueError when the record names no valid
+        location, OSError when it cannot be read.
+        """
+        path = self.image_path(record.asset_key, record.partition_key, record.format)
+        return path, self.read_bytes(path)
+
     def image_matches(self, record: ImageRecord) -> bool:
         """True when the image the record describes exists and hashes to ``record.sha256``."""
-        path = self.image_path(record.asset_key, record.partition_key, record.format)
         try:
-            data = self.read_bytes(path)
+            _, data = self.stored_image(record)
         except FileNotFoundError:
             return False
-        return len(data) == record.bytes and hashlib.sha256(data).hexdigest() == record.sha256
+        return _intact(record, data)
+
+    def read_verified(
+        self, asset_key: AssetKeyLike, partition_key: str, fingerprint: str | None = None
+    ) -> VerifiedImage | None:
+        """The partition's record and image bytes if the sidecar belongs to this partition, was
+        made by ``fingerprint`` (when given) and its image is there with the recorded size and
+        sha256; None otherwise. Every cache hit comes through here (``cached_record`` and the image
+        assets), so a missing, truncated or replaced image is never taken for the one paid for;
+        ``data`` spares the caller a second read for its preview and check."""
+        record = self.read_record(asset_key, partition_key)
+        if record is None or (fingerprint is not None and record.fingerprint != fingerprint):
+            return None
+        if record.asset_key != _asset_key_path(asset_key) or record.partition_key != partition_key:
+            return None
+        try:
+            path, data = self.stored_image(record)
+        except (FileNotFoundError, ValueError):
+            return None
+        if not _intact(record, data):
+            return None
+        if record.path != path:
+            record = record.model_copy(update={"path": path})
+        return VerifiedImage(record=record, data=data)
 
     def cached_record(
         self, asset_key: AssetKeyLike, partition_key: str, fingerprint: str
     ) -> ImageRecord | None:
         """The stored record if it was made by the same request (``fingerprint``) and its image is
         intact; None otherwise (a missing or corrupted image is never a cache hit)."""
-        record = self.read_record(asset_key, partition_key)
-        if record is None or record.fingerprint != fingerprint:
-            return None
-        expected_key = _asset_key_path(asset_key)
-        if record.asset_key != expected_key or record.partition_key != partition_key:
-            return None
-        try:
-            matches = self.image_matches(record)
-        except ValueError:
-            return None
-        if not matches:
-            return None
-        path = self.image_path(asset_key, partition_key, record.format)
-        return record if record.path == path else record.model_copy(update={"path": path})
+        verified = self.read_verified(asset_key, partition_key, fingerprint)
+        return verified.record if verified is not None else None
 
     def list_records(self, asset_key: AssetKeyLike) -> list[ImageRecord]:
         """Every readable sidecar of the asset, sorted by partition key (for manifests)."""
@@ -534,6 +548,11 @@ class ImageStore(dg.ConfigurableResource):
     ) -> ImageRecord | None:
         return await asyncio.to_thread(self.cached_record, asset_key, partition_key, fingerprint)
 
+    async def aread_verified(
+        self, asset_key: AssetKeyLike, partition_key: str, fingerprint: str | None = None
+    ) -> VerifiedImage | None:
+        return await asyncio.to_thread(self.read_verified, asset_key, partition_key, fingerprint)
+
     async def aread_bytes(self, path: str) -> bytes:
         return await asyncio.to_thread(self.read_bytes, path)
 
@@ -541,21 +560,8 @@ class ImageStore(dg.ConfigurableResource):
         return await asyncio.to_thread(self.list_records, asset_key)
 
 
-def _is_local(fs: Any) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
-
-
-def _protocols(fs: Any) -> set[str]:
-    protocol = fs.protocol
-    return set(protocol) if isinstance(protocol, (tuple, list)) else {protocol}
-
-
-def _same_protocol(fs: Any, path: str) -> bool:
-    if "://" not in path:
-        return _is_local(fs)
-    return path.split("://", 1)[0] in _protocols(fs)
+def _intact(record: ImageRecord, data: bytes) -> bool:
+    return len(data) == record.bytes and hashlib.sha256(data).hexdigest() == record.sha256
 
 
 def _parse_record(raw: bytes, where: str) -> ImageRecord | None:

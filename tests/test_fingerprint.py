@@ -129,3 +129,28 @@ def test_filename_and_content_type_labels_do_not_matter() -> None:
 def test_unicode_and_surrogates_do_not_break_hashing() -> None:
     for prompt in ("猫と灯台 🐱", "lone surrogate \ud800"):
         assert len(request_fingerprint(GenerateRequest(prompt=prompt), emulated=False)) == 64
+
+
+def test_no_revision_is_the_fingerprint_without_one() -> None:
+    """Caches written before revisions existed stay valid: None adds nothing to the canonical form."""
+    assert request_fingerprint(BASE, emulated=False, revision=None) == request_fingerprint(
+        BASE, emulated=False
+    )
+    assert request_fingerprint(BASE, emulated=True, revision=None) == request_fingerprint(
+        BASE, emulated=True
+    )
+
+
+def test_a_revision_changes_the_fingerprint() -> None:
+    plain = request_fingerprint(BASE, emulated=False)
+    revisions = ["1", "2", "v2", "", "01"]
+    fingerprints = {request_fingerprint(BASE, emulated=False, revision=r) for r in revisions}
+    assert len(fingerprints) == len(revisions), "every revision has its own fingerprint"
+    assert plain not in fingerprints
+    assert request_fingerprint(BASE, emulated=False, revision="2") == request_fingerprint(
+        GenerateRequest(prompt="a lighthouse at dusk"), emulated=False, revision="2"
+    )
+    edit = EditRequest(prompt="p", images=(RED,))
+    assert request_fingerprint(edit, emulated=False, revision="2") != request_fingerprint(
+        edit, emulated=False
+    )

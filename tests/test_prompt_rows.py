@@ -196,3 +196,34 @@ def test_eager_regenerates_changed_added_and_fixed_rows(
     assert emulator.stats.requests - before == 3
     result, requested = evaluate(result.cursor)
     assert requested == set()
+
+
+def test_bumping_revision_regenerates_exactly_that_row(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    csv = tmp_path / "prompts.csv"
+    rows = {"a": "a red kite,", "b": "a blue kite,", "c": "a green kite,"}
+    write_rows(csv, rows, header="key,prompt,revision")
+    resources, emulator = emulator_resources(tmp_path / "store")
+
+    def run() -> dg.ExecuteInProcessResult:
+        base = image_generation_asset(
+            name="revised", prompts=PromptTable.from_path(csv), size=SMALL
+        )
+        return materialize_range([base], resources, "a", "c", instance=instance)
+
+    assert run().success
+    assert emulator.stats.requests == 3
+    assert run().success
+    assert emulator.stats.requests == 3, "same rows: every partition is a cache hit"
+
+    write_rows(csv, {**rows, "b": "a blue kite,2"}, header="key,prompt,revision")
+    again = run()
+    assert again.success
+    assert emulator.stats.requests == 4, "only the row whose revision changed is paid again"
+    made = materializations(instance, dg.AssetKey("revised"), run_id=again.run_id)
+    cached = {k for k, m in made.items() if m.metadata["cached"].value}
+    assert cached == {"a", "c"}
+    store = resources["image_store"]
+    assert store.read_record(dg.AssetKey("revised"), "b").revision == "2"
+    assert store.read_record(dg.AssetKey("revised"), "a").revision is None

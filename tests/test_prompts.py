@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -22,6 +23,7 @@ from dagster_gptimage.prompts import (
     PromptRow,
     PromptTable,
     PromptTableError,
+    TableOrigin,
     key_problem,
 )
 
@@ -610,6 +612,186 @@ def test_hash_ignores_format_and_column_order(tmp_path: Path) -> None:
 def test_repr_is_short() -> None:
     table = PromptTable.from_records([{"key": "a", "prompt": "x"}], source="t.csv")
     assert repr(table) == "PromptTable(source='t.csv', rows=1)"
+
+
+def test_content_hash_of_tables_without_revisions_is_unchanged() -> None:
+    """The value the hash had before the revision column existed (data versions depend on it)."""
+    table = PromptTable.from_records(
+        [
+            {"key": "a", "prompt": "a cat", "size": "1024x1024", "note": "x"},
+            {"key": "b", "prompt": "a dog", "n": 2},
+        ]
+    )
+    assert table.content_hash == "a686c0f06dec919050cd361e94ea6b2426b7450383760bb1403113dd19b30248"
+    revised = PromptTable.from_records(
+        [
+            {"key": "a", "prompt": "a cat", "size": "1024x1024", "note": "x", "revision": 2},
+            {"key": "b", "prompt": "a dog", "n": 2},
+        ]
+    )
+    assert revised.content_hash != table.content_hash
+
+
+# --- origin --------------------------------------------------------------------------------------
+
+
+def test_origin_records_how_the_table_was_read_and_reload_uses_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.txt", "id;text\n")
+    write(path, "id,text\na,one\n")
+    table = PromptTable.from_path(path, format="csv", key_column="id", prompt_column="text")
+    origin = table.origin
+    assert origin == TableOrigin(url=str(path), format="csv", key_column="id", prompt_column="text")
+    assert (origin.source, origin.format) == (str(path), "csv")
+    assert (table.key_column, table.prompt_column, table.format) == ("id", "text", "csv")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        origin.format = "yaml"  # type: ignore[misc]
+    write(path, "id,text\na,one\nb,two\n")
+    reloaded = table.reload()
+    assert reloaded.keys == ("a", "b")
+    assert reloaded.origin == origin
+    assert PromptTable.from_origin(origin).keys == ("a", "b")
+
+
+def test_origin_never_shows_storage_options_or_query_strings() -> None:
+    url = memory_url("p.csv")
+    fsspec.filesystem("memory").pipe_file(url, b"key,prompt\na,one\n")
+    secret = "fake-secret-Zq9xW3-do-not-leak"
+    presigned = TableOrigin(url=url + "?X-Amz-Signature=" + secret)
+    assert presigned.source == url
+    assert presigned.format == "csv"
+    assert secret not in repr(presigned)
+    options = {"skip_instance_cache": True, "token": secret}
+    table = PromptTable.from_path(url, storage_options=options)
+    assert table.row("a").prompt == "one"
+    assert secret not in repr(table) + repr(table.origin) + str(table.origin)
+    with pytest.raises(TypeError):
+        table.origin.storage_options["token"] = "other"  # type: ignore[index]
+    options["token"] = "changed after construction"
+    assert table.origin.storage_options["token"] == secret, "the origin keeps its own copy"
+
+
+def test_in_memory_origin_and_direct_constructor() -> None:
+    table = PromptTable.from_records(
+        [{"title": "a", "body": "one"}], key_column="title", prompt_column="body", source="mem"
+    )
+    assert table.origin == TableOrigin(source="mem", key_column="title", prompt_column="body")
+    assert table.origin.url is None
+    assert table.format is None
+    assert table.reload() is table
+    rows = [PromptRow(key="a", prompt="one")]
+    direct = PromptTable(rows, origin=TableOrigin(source="s"), columns=("key", "prompt"))
+    assert (direct.source, direct.columns) == ("s", ("key", "prompt"))
+    with pytest.raises(ValueError, match="not both"):
+        PromptTable(rows, source="other", origin=TableOrigin(source="s"))
+    with pytest.raises(ValueError, match="lines"):
+        PromptTable(rows, lines=[1, 2])
+    with pytest.raises(ValueError, match="no file"):
+        PromptTable.from_origin(TableOrigin(source="s"))
+
+
+# --- revision ------------------------------------------------------------------------------------
+
+
+def _assert_revisions(table: PromptTable) -> None:
+    assert table.row("a").revision == "2"
+    assert table.row("b").revision == "v1.10"
+    assert table.row("c").revision is None
+    for row in table:
+        assert "revision" not in row.extra
+        assert "revision" not in row.params
+    assert "revision" not in table.extra_columns
+    assert "revision" not in table.param_columns
+
+
+def test_revision_from_csv(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "p.csv", "key,prompt,revision,note\na,one,2,x\nb,two,v1.10,y\nc,three,,z\n"
+    )
+    table = PromptTable.from_path(path)
+    _assert_revisions(table)
+    assert table.extra_columns == ("note",)
+    assert table.row("a").extra == {"note": "x"}
+
+
+def test_revision_from_jsonl(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "p.jsonl",
+        '{"key": "a", "prompt": "one", "revision": 2}\n'
+        '{"key": "b", "prompt": "two", "revision": " v1.10 "}\n'
+        '{"key": "c", "prompt": "three", "revision": null}\n',
+    )
+    _assert_revisions(PromptTable.from_path(path))
+
+
+def test_revision_from_yaml_is_kept_as_written(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "p.yaml",
+        "- {key: a, prompt: one, revision: 2}\n"
+        "- {key: b, prompt: two, revision: v1.10}\n"
+        "- {key: c, prompt: three, revision: ~}\n"
+        "- {key: d, prompt: four, revision: 1.10}\n",
+    )
+    table = PromptTable.from_path(path)
+    _assert_revisions(table)
+    assert table.row("d").revision == "1.10", "YAML must not read 1.10 as the float 1.1"
+
+
+def test_revision_from_parquet(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pq.write_table(
+        pa.table({"key": ["a", "b", "c"], "prompt": ["1", "2", "3"], "revision": [2, None, 7]}),
+        path,
+    )
+    table = PromptTable.from_path(path)
+    assert [row.revision for row in table] == ["2", None, "7"]
+    text_path = tmp_path / "t.parquet"
+    pq.write_table(
+        pa.table(
+            {"key": ["a", "b", "c"], "prompt": ["1", "2", "3"], "revision": ["2", "v1.10", None]}
+        ),
+        text_path,
+    )
+    _assert_revisions(PromptTable.from_path(text_path))
+
+
+def test_revision_from_a_dataframe_with_gaps() -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"key": ["a", "b"], "prompt": ["1", "2"], "revision": [3, None]})
+    assert frame["revision"].dtype.kind == "f", "pandas stores an int column with gaps as floats"
+    assert [row.revision for row in PromptTable.from_dataframe(frame)] == ["3", None]
+
+
+@pytest.mark.parametrize("bad", [1.5, [1, 2], {"v": 1}, True])
+def test_bad_revisions_name_the_row(bad: Any) -> None:
+    with pytest.raises(PromptTableError) as info:
+        PromptTable.from_records(
+            [
+                {"key": "good", "prompt": "x", "revision": 1},
+                {"key": "b", "prompt": "y", "revision": bad},
+            ]
+        )
+    [problem] = info.value.problems
+    assert (problem.row, problem.key) == (2, "b")
+    assert "revision" in problem.problem
+    assert "revision" in problem.fix
+
+
+def test_bad_revision_in_a_file_names_row_and_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "p.jsonl",
+        '{"key": "a", "prompt": "one"}\n\n{"key": "b", "prompt": "two", "revision": 1.5}\n',
+    )
+    with pytest.raises(PromptTableError, match=r"row 2 \(line 3\), key 'b': revision=1.5"):
+        PromptTable.from_path(path)
+
+
+def test_prompt_row_normalizes_revision() -> None:
+    assert PromptRow(key="a", prompt="x", revision=3).revision == "3"  # type: ignore[arg-type]
+    assert PromptRow(key="a", prompt="x", revision=" r2 ").revision == "r2"
+    assert PromptRow(key="a", prompt="x", revision="").revision is None
+    assert PromptRow(key="a", prompt="x").revision is None
+    with pytest.raises(ValueError, match="revision"):
+        PromptRow(key="a", prompt="x", revision=1.5)  # type: ignore[arg-type]
 
 
 # --- validate ------------------------------------------------------------------------------------

@@ -300,6 +300,73 @@ def test_cached_record_ignores_a_sidecar_copied_from_another_partition(store: Im
     assert store.cached_record(ASSET, "b", "fp") is None
 
 
+def test_read_verified_returns_the_bytes_it_checked(store: ImageStore) -> None:
+    data = make_image()
+    written = store.write_image(ASSET, "k", data, "png", make_record("fp-1"))
+    verified = store.read_verified(ASSET, "k", "fp-1")
+    assert verified is not None
+    assert verified.record == written
+    assert verified.data == data
+    assert "data" not in repr(verified), "image bytes stay out of reprs"
+    any_fingerprint = store.read_verified(ASSET, "k")
+    assert any_fingerprint is not None
+    assert any_fingerprint.record == written
+    assert store.read_verified(ASSET, "k", "fp-other") is None
+    assert store.read_verified(ASSET, "missing") is None
+    store.fs.pipe_file(store.fs._strip_protocol(written.path), data[:-1] + bytes([data[-1] ^ 1]))
+    assert store.read_verified(ASSET, "k") is None, "changed bytes are never verified"
+
+
+def test_read_verified_ignores_a_sidecar_naming_an_unknown_format(store: ImageStore) -> None:
+    written = store.write_image(ASSET, "k", make_image(), "png", make_record("fp-1"))
+    broken = written.model_copy(update={"format": "tiff"}).model_dump_json().encode()
+    put(store, store.sidecar_path(ASSET, "k"), broken)
+    assert store.read_verified(ASSET, "k", "fp-1") is None
+    assert store.cached_record(ASSET, "k", "fp-1") is None
+
+
+def test_stored_image_reads_where_the_store_keeps_it(tmp_path: Path) -> None:
+    old = ImageStore(base_url=str(tmp_path / "old"))
+    data = make_image()
+    written = old.write_image(ASSET, "k", data, "png", make_record())
+    (tmp_path / "old").rename(tmp_path / "new")
+    new = ImageStore(base_url=str(tmp_path / "new"))
+    path, read = new.stored_image(written)
+    assert path == str(tmp_path / "new" / "images" / "cats" / "k.png")
+    assert read == data
+    with pytest.raises(FileNotFoundError):
+        old.stored_image(written)
+
+
+@pytest.mark.anyio
+async def test_aread_verified(store: ImageStore) -> None:
+    written = store.write_image(ASSET, "k", make_image(), "png", make_record("fp-1"))
+    verified = await store.aread_verified(ASSET, "k", "fp-1")
+    assert verified is not None
+    assert verified.record == written
+    assert await store.aread_verified(ASSET, "k", "fp-2") is None
+
+
+def test_revision_round_trips_through_the_sidecar(store: ImageStore) -> None:
+    written = store.write_image(ASSET, "k", make_image(), "png", make_record(revision="3"))
+    assert written.revision == "3"
+    raw = json.loads(store.fs.cat_file(store.fs._strip_protocol(store.sidecar_path(ASSET, "k"))))
+    assert raw["revision"] == "3"
+    read = store.read_record(ASSET, "k")
+    assert read is not None
+    assert read.revision == "3"
+    assert read == written
+    plain = store.write_image(ASSET, "p", make_image(), "png", make_record())
+    assert plain.revision is None
+    old_sidecar = plain.model_dump(mode="json")
+    del old_sidecar["revision"]
+    put(store, store.sidecar_path(ASSET, "p"), json.dumps(old_sidecar).encode())
+    old = store.read_record(ASSET, "p")
+    assert old is not None, "sidecars written before revisions existed stay readable"
+    assert old.revision is None
+    assert store.cached_record(ASSET, "p", "fp-1") == plain
+
+
 # --- listing ---------------------------------------------------------------------------------------
 
 
