@@ -254,15 +254,17 @@ def _update_thumbnails(
     thumbs_url = _join(folder.resolved_base_url, _THUMBS)
     ext = THUMBNAIL_EXTENSIONS[fmt]
     existing = _existing_thumbnails(folder, thumbs_url)
-    wanted: dict[str, ImageRecord] = {}
+    wanted: dict[str, list[ImageRecord]] = {}
     for record in records:
-        wanted.setdefault(record.sha256, record)
+        wanted.setdefault(record.sha256, []).append(record)
     have = {sha for sha, name in existing.items() if name == f"{sha}.{ext}" and sha in wanted}
-    todo = [record for sha, record in wanted.items() if sha not in have]
+    todo = [copies for sha, copies in wanted.items() if sha not in have]
 
-    def make(record: ImageRecord) -> tuple[str, bool]:
-        target = _join(thumbs_url, f"{record.sha256}.{ext}")
-        return record.sha256, _make_thumbnail_file(store, folder, record, target, size, fmt)
+    def make(copies: list[ImageRecord]) -> tuple[str, bool]:
+        """The first stored copy of these bytes that reads back intact makes the thumbnail."""
+        target = _join(thumbs_url, f"{copies[0].sha256}.{ext}")
+        ok = any(_make_thumbnail_file(store, folder, r, target, size, fmt) for r in copies)
+        return copies[0].sha256, ok
 
     with ThreadPoolExecutor(max_workers=_THUMB_THREADS) as pool:
         made = {sha for sha, ok in pool.map(make, todo) if ok}
