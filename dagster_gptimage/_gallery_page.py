@@ -50,7 +50,7 @@ main{padding:16px 20px}
 .thumb img{max-width:100%;max-height:220px;object-fit:contain}
 .thumb .none{color:var(--dim);font-size:12px}
 .body{padding:8px 10px 10px;display:flex;flex-direction:column;gap:4px}
-.key{font-weight:600;word-break:break-all}
+.key{font-weight:600;overflow-wrap:anywhere}
 .key .asset{color:var(--dim);font-weight:400}
 .prompt{margin:0;display:-webkit-box;-webkit-line-clamp:4;-webkit-box-orient:vertical;overflow:hidden}
 .revised{margin:0;color:var(--dim);font-style:italic;display:-webkit-box;-webkit-line-clamp:3;-webkit-box-orient:vertical;overflow:hidden}
@@ -106,7 +106,8 @@ function card(it){
   b.appendChild(k);
   const p=el("p","prompt",it.prompt);p.title=it.prompt;b.appendChild(p);
   if(it.revised){const r=el("p","revised","revised: "+it.revised);r.title=it.revised;b.appendChild(r);}
-  b.appendChild(el("div","meta",[it.model,it.size,it.quality].filter(Boolean).join(" · ")+" · "+it.w+"\u00d7"+it.h));
+  const dims=it.w+"\u00d7"+it.h,asked=it.size&&it.size!==it.w+"x"+it.h?"size "+it.size+" \u2192 ":"";
+  b.appendChild(el("div","meta",[it.model,asked+dims,it.quality].filter(Boolean).join(" · ")));
   b.appendChild(el("div","meta",money(it.cost)+" · "+Number(it.lat).toFixed(2)+" s"));
   if(it.sources.length){const l=el("div","lineage from");l.appendChild(el("span",null,"from"));
     it.sources.forEach(function(s){const src=byId.get(s[0]+"/"+s[1]);

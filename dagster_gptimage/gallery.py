@@ -134,6 +134,45 @@ def _item(record: ImageRecord, asset_index: int, has_thumb: bool) -> list[Any]:
     ]
 
 
+def _record_id(asset_key: Sequence[str] | None, partition_key: str | None) -> str:
+    return f"{'/'.join(asset_key or [])}/{partition_key or ''}"
+
+
+def _lineage_order(records: Sequence[ImageRecord]) -> list[ImageRecord]:
+    """Each image followed by its edits (depth first), so an edit sits beside its source; images
+    whose sources are not in the gallery keep their place in ``records``."""
+    by_id = {_record_id(r.asset_key, r.partition_key): r for r in records}
+    children: dict[str, list[ImageRecord]] = {}
+    roots: list[ImageRecord] = []
+    for record in records:
+        parents = [
+            _record_id(s.asset_key, s.partition_key)
+            for s in record.sources
+            if _record_id(s.asset_key, s.partition_key) in by_id
+        ]
+        if parents:
+            children.setdefault(parents[0], []).append(record)
+        else:
+            roots.append(record)
+    ordered: list[ImageRecord] = []
+    seen: set[str] = set()
+
+    def visit(record: ImageRecord) -> None:
+        stack = [record]
+        while stack:
+            current = stack.pop()
+            current_id = _record_id(current.asset_key, current.partition_key)
+            if current_id in seen:
+                continue
+            seen.add(current_id)
+            ordered.append(current)
+            stack.extend(reversed(children.get(current_id, [])))
+
+    for record in [*roots, *records]:
+        visit(record)
+    return ordered
+
+
 def gallery_data(
     records: Iterable[ImageRecord],
     *,
@@ -144,11 +183,13 @@ def gallery_data(
     built: str = "",
 ) -> dict[str, Any]:
     """The page's data: assets with their image counts, costs and the link prefix of their images
-    (``asset_hrefs``, by asset string), and one item per record (see ``GALLERY_FIELDS``), sorted by
-    asset then partition. ``thumbnails`` are the sha256s that have a thumbnail."""
+    (``asset_hrefs``, by asset string), and one item per record (see ``GALLERY_FIELDS``) by asset
+    and partition, each followed by its edits. ``thumbnails`` are the sha256s with a thumbnail."""
     names = list(asset_hrefs)
     index = {name: i for i, name in enumerate(names)}
-    records = sorted(records, key=lambda r: (index["/".join(r.asset_key)], r.partition_key))
+    records = _lineage_order(
+        sorted(records, key=lambda r: (index["/".join(r.asset_key)], r.partition_key))
+    )
     summary = summarize_manifest(manifest_rows(records))
     have = set(thumbnails)
     items = [

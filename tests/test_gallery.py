@@ -230,6 +230,8 @@ def test_edits_carry_their_sources(tmp_path: Path) -> None:
     assert by_key["shapes/red"]["sha256"] == red.sha256  # the source card the edit links to
     assert by_key["shapes/red"]["sources"] == []
     assert by_key["shapes_night/red"]["prompt"] == night.prompt
+    # Each image is followed by its edits: the night edit sits right after its source.
+    assert list(by_key) == ["shapes/blue", "shapes/red", "shapes_night/red", "shapes/red-again"]
 
 
 def test_prompts_cannot_inject_markup(tmp_path: Path) -> None:
