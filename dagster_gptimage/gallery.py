@@ -85,6 +85,8 @@ GALLERY_FIELDS: tuple[str, ...] = (
 THUMBNAIL_EXTENSIONS: Mapping[str, str] = {"webp": "webp", "jpeg": "jpg"}
 _THUMB_NAME = re.compile(r"(?P<sha>[0-9a-f]{64})\.(?:webp|jpg)")
 _THUMB_QUALITY = 75
+_THUMB_WEBP_METHOD = 2
+"""Half the encoding time of WebP's default effort (4) for thumbnails ~10 % bigger."""
 _THUMB_THREADS = 4
 _PAGE = "index.html"
 _THUMBS = "thumbs"
@@ -276,7 +278,9 @@ def _make_thumbnail_file(
     if hashlib.sha256(data).hexdigest() != record.sha256:
         return False
     try:
-        thumbnail = make_thumbnail(data, max_side=size, fmt=fmt, quality=_THUMB_QUALITY)
+        thumbnail = make_thumbnail(
+            data, max_side=size, fmt=fmt, quality=_THUMB_QUALITY, webp_method=_THUMB_WEBP_METHOD
+        )
     except InvalidImageError:
         return False
     folder.write_bytes(target, thumbnail)

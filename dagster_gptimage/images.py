@@ -188,9 +188,12 @@ def make_preview(data: bytes, *, max_side: int = 128) -> bytes:
     return make_thumbnail(data, max_side=max_side, fmt=_PREVIEW_FORMAT, quality=70)
 
 
-def make_thumbnail(data: bytes, *, max_side: int, fmt: str = "webp", quality: int = 70) -> bytes:
+def make_thumbnail(
+    data: bytes, *, max_side: int, fmt: str = "webp", quality: int = 70, webp_method: int = 4
+) -> bytes:
     """``data`` decoded once and shrunk to fit ``max_side`` (never enlarged), encoded as ``fmt``
-    ("webp" or "jpeg"; JPEG loses alpha, flattened onto white).
+    ("webp" or "jpeg"; JPEG loses alpha, flattened onto white). ``webp_method`` trades encoding
+    time for size (0-6; 2 takes half the time of 4 for files ~10 % bigger).
 
     Fast on 4K inputs: JPEG decodes at reduced scale via ``draft`` and other formats shrink with
     ``reduce`` before the final resampling (``reducing_gap``)."""
@@ -209,7 +212,7 @@ def make_thumbnail(data: bytes, *, max_side: int, fmt: str = "webp", quality: in
         out = io.BytesIO()
         save_args: dict[str, Any] = {"quality": quality}
         if fmt == "webp":
-            save_args["method"] = 4
+            save_args["method"] = webp_method
         else:
             save_args["optimize"] = True
         image.save(out, format=fmt.upper(), **save_args)
