@@ -358,6 +358,8 @@ def build_gallery(
     listed in ``GalleryResult.unreadable``, so one bad file cannot hide the rest.
     """
     _check_thumbnail_settings(thumbnail_size, thumbnail_format)
+    if not asset_keys:
+        raise ValueError("asset_keys is empty; give at least one image asset")
     keys = _source_keys(list(asset_keys))
     folder = _output_store(output_url, store, storage_options)
     records = _collect(store, keys)
@@ -455,6 +457,8 @@ def image_gallery_asset(
     side, made once per distinct image. The materialization links to the page (a path for a local
     gallery, a URL otherwise) and carries images, cost per asset and new thumbnails.
     """
+    if not assets:
+        raise ValueError("assets is empty; give at least one image asset")
     keys = _source_keys(assets)
     _check_thumbnail_settings(thumbnail_size, thumbnail_format)
     if output_url is not None:

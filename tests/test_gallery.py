@@ -299,6 +299,8 @@ def test_settings_are_checked() -> None:
         image_gallery_asset(assets=["a"], thumbnail_format="png")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="thumbnail_size"):
         image_gallery_asset(assets=["a"], thumbnail_size=4)
+    with pytest.raises(ValueError, match="assets is empty"):
+        image_gallery_asset(assets=[])
     with pytest.raises(ValueError, match="more than once"):
         image_gallery_asset(assets=["a", "a"])
     with pytest.raises(ValueError, match="credentials"):
