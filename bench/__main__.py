@@ -1,7 +1,7 @@
 """``python -m bench``: run every benchmark and print its figures (``make bench``).
 
-``--quick`` runs reduced sizes (a smoke check, seconds instead of minutes); ``--only`` picks
-benchmarks; ``--markdown PATH`` also writes the figures as Markdown tables (for bench/RESULTS.md).
+``python -m bench NAME ...`` runs only the named benchmarks (as does ``--only NAME``);
+``--quick`` runs reduced sizes (a smoke check, seconds instead of minutes); ``--markdown PATH`` also writes the figures as Markdown tables (for bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import backfill, batch_stream, cache, overhead, ratelimit
+from bench import backfill, batch_stream, cache, gallery, overhead, ratelimit
 from bench._common import Report, machine_info
 
 BENCHMARKS: dict[str, Callable[..., Report]] = {
@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, Callable[..., Report]] = {
     "cache": cache.run,
     "ratelimit": ratelimit.run,
     "batch_stream": batch_stream.run,
+    "gallery": gallery.run,
 }
 
 
@@ -34,12 +35,20 @@ def _load() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)}"
+    )
     parser.add_argument("--quick", action="store_true", help="reduced sizes (smoke check)")
     parser.add_argument(
         "--only", action="append", choices=sorted(BENCHMARKS), help="run only these (repeatable)"
     )
     parser.add_argument("--markdown", type=Path, help="also write the figures as Markdown here")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(
+            f"unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}"
+        )
 
     info = machine_info()
     print("dagster-gptimage benchmarks" + (" (quick)" if args.quick else ""))
@@ -48,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  load average at start (1/5/15 min): {_load()}", flush=True)
     reports: list[Report] = []
     started = time.perf_counter()
-    for name in args.only or list(BENCHMARKS):
+    for name in [*args.names, *(args.only or [])] or list(BENCHMARKS):
         print(f"\n== {name} ==", flush=True)
         reports.append(BENCHMARKS[name](quick=args.quick))
     total = time.perf_counter() - started

@@ -32,6 +32,7 @@ from dagster_gptimage.errors import (
     RateLimitError,
 )
 from dagster_gptimage.fingerprint import request_fingerprint
+from dagster_gptimage.gallery import GalleryResult, build_gallery, image_gallery_asset
 from dagster_gptimage.models import (
     EditRequest,
     GeneratedImage,
@@ -75,6 +76,7 @@ __all__ = [
     "GPTImageError",
     "GPTImageResource",
     "GPTImageTimeoutError",
+    "GalleryResult",
     "GenerateRequest",
     "GeneratedImage",
     "ImageAssetConfig",
@@ -100,11 +102,13 @@ __all__ = [
     "SourceImage",
     "Usage",
     "__version__",
+    "build_gallery",
     "cost_of_usage",
     "estimate_cost",
     "export_imagefolder",
     "image_dataset_export_asset",
     "image_edit_asset",
+    "image_gallery_asset",
     "image_generation_asset",
     "image_manifest_asset",
     "prompt_rows_asset",

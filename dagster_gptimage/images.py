@@ -30,6 +30,7 @@ __all__ = [
     "inspect_image",
     "load_input_image",
     "make_preview",
+    "make_thumbnail",
     "preview_data_uri",
     "read_size",
 ]
@@ -183,10 +184,21 @@ def inspect_image(data: bytes, *, field: str = "image") -> ImageInfo:
 
 
 def make_preview(data: bytes, *, max_side: int = 128) -> bytes:
-    """A small thumbnail (WebP, JPEG where Pillow lacks WebP) of a few KB for Dagster metadata.
+    """A small thumbnail (WebP, JPEG where Pillow lacks WebP) of a few KB for Dagster metadata."""
+    return make_thumbnail(data, max_side=max_side, fmt=_PREVIEW_FORMAT, quality=70)
+
+
+def make_thumbnail(
+    data: bytes, *, max_side: int, fmt: str = "webp", quality: int = 70, webp_method: int = 4
+) -> bytes:
+    """``data`` decoded once and shrunk to fit ``max_side`` (never enlarged), encoded as ``fmt``
+    ("webp" or "jpeg"; JPEG loses alpha, flattened onto white). ``webp_method`` trades encoding
+    time for size (0-6; 2 takes half the time of 4 for files ~10 % bigger).
 
     Fast on 4K inputs: JPEG decodes at reduced scale via ``draft`` and other formats shrink with
     ``reduce`` before the final resampling (``reducing_gap``)."""
+    if fmt not in ("webp", "jpeg"):
+        raise ValueError(f"thumbnail format {fmt!r}: use 'webp' or 'jpeg'")
     source = _open(data, "image")
     image: Image.Image = source
     try:
@@ -196,26 +208,36 @@ def make_preview(data: bytes, *, max_side: int = 128) -> bytes:
         # In place: without it, exif_transpose returns a full-size copy even when nothing turns.
         ImageOps.exif_transpose(source, in_place=True)
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
-        mode = "RGBA" if _PREVIEW_FORMAT == "webp" and _has_alpha(image) else "RGB"
-        if image.mode != mode:
-            image = image.convert(mode)
+        image = _thumbnail_mode(image, fmt)
         out = io.BytesIO()
-        save_args: dict[str, Any] = {"quality": 70}
-        if _PREVIEW_FORMAT == "webp":
-            save_args["method"] = 4
+        save_args: dict[str, Any] = {"quality": quality}
+        if fmt == "webp":
+            save_args["method"] = webp_method
         else:
             save_args["optimize"] = True
-        image.save(out, format=_PREVIEW_FORMAT.upper(), **save_args)
+        image.save(out, format=fmt.upper(), **save_args)
         return out.getvalue()
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise InvalidImageError(
-            f"image ({len(data)} bytes) could not be decoded for a preview: {error}",
+            f"image ({len(data)} bytes) could not be decoded for a thumbnail: {error}",
             field="image",
             value=bytes(data[:16]),
             accepted="a complete, uncorrupted image",
         ) from error
     finally:
         source.close()
+
+
+def _thumbnail_mode(image: Image.Image, fmt: str) -> Image.Image:
+    if fmt == "webp":
+        mode = "RGBA" if _has_alpha(image) else "RGB"
+        return image if image.mode == mode else image.convert(mode)
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, "white")
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def preview_data_uri(data: bytes, *, max_side: int = 128) -> str:

@@ -65,6 +65,11 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "Gallery",
+        "A static HTML gallery to review stored images by eye (see [the gallery](gallery.md)).",
+        ["image_gallery_asset", "build_gallery", "GalleryResult"],
+    ),
+    (
         "Prompt tables",
         "Where prompts come from: one row per partition.",
         ["PromptTable", "PromptRow", "PromptTableError"],

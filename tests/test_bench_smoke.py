@@ -54,5 +54,10 @@ def test_quick_benchmarks_report_every_figure() -> None:
     assert figures["batch_stream_quick.lines_read"] == 6
     assert figures["batch_stream_quick.downloads"] == 2  # one broken, one resumed
     assert 50 < figures["batch_stream_quick.peak_rss_mb"] < 8192
+    assert figures["gallery_n50.images"] == figures["gallery_n50.new_thumbnails"] == 50
+    assert figures["gallery_n50.build_decodes"] == 50
+    assert figures["gallery_n50.rebuild_decodes"] == 0
+    assert figures["gallery_n50.rebuild_10_new_decodes"] == 10
+    assert 0 < figures["gallery_n50.page_kb"] < figures["gallery_n50.first_screen_kb"]
     assert "targets missed:" in done.stdout
     assert "cpu_model:" in done.stdout

@@ -29,6 +29,7 @@ IMAGE_ASSETS = {
     "posters_vintage",
     "posters_framed",
 }
+DATASET_ASSETS = {"image_manifest", "image_dataset", "image_gallery"}
 
 
 def expected_images() -> int:
@@ -65,6 +66,15 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def gallery_data(page: str) -> dict:
+    """The data the gallery page inlines once."""
+    found = re.search(
+        r'<script type="application/json" id="gallery-data">(.*?)</script>', page, re.S
+    )
+    assert found, "the gallery page holds no data"
+    return json.loads(found.group(1))
+
+
 def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     completed = subprocess.run(
         args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
@@ -80,7 +90,7 @@ def test_definitions_hold_both_pipelines(offline: Path) -> None:
     defs = load_defs()
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == IMAGE_ASSETS | {"image_manifest", "image_dataset"}
+    assert keys == IMAGE_ASSETS | DATASET_ASSETS
     assert [sensor.name for sensor in defs.sensors or []] == ["new_arrivals_prompt_table_sensor"]
 
     framed = graph.get(dg.AssetKey("posters_framed"))
@@ -155,7 +165,7 @@ def test_dg_check_defs_and_list_defs(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     listing = json.loads(listed.stdout)
     assets = {asset["asset_key"]: asset for asset in listing["assets"]}
-    assert set(assets) == IMAGE_ASSETS | {"image_manifest", "image_dataset"}
+    assert set(assets) == IMAGE_ASSETS | DATASET_ASSETS
     assert assets["posters_vintage"]["dependency_keys"] == ["posters"]
     assert {"openai", "image"} <= set(assets["posters"]["kinds"])
     sensors = {s["name"] for s in listing["sensors"]}
@@ -185,6 +195,13 @@ def test_demo_materializes_everything_then_reruns_from_cache(tmp_path: Path) -> 
         assert len(list((store / name).glob("*.json"))) == int(row.group(1))
     assert (store / "image_manifest" / "manifest.parquet").is_file()
     assert (store / "image_dataset" / "train" / "metadata.jsonl").is_file()
+    page = store / "image_gallery" / "index.html"
+    assert f"Gallery (open it in a browser to review every image): {page}" in out
+    data = gallery_data(page.read_text(encoding="utf-8"))
+    assert data["totals"]["images"] == len(data["items"]) == images
+    assert {asset["key"] for asset in data["assets"]} == IMAGE_ASSETS
+    thumbnails = {item[data["fields"].index("sha256")] for item in data["items"]}
+    assert {p.stem for p in (store / "image_gallery" / "thumbs").iterdir()} == thumbnails
     assert (
         "telemetry:\n  enabled: false" in (tmp_path / "dagster_home" / "dagster.yaml").read_text()
     )
@@ -194,6 +211,7 @@ def test_demo_materializes_everything_then_reruns_from_cache(tmp_path: Path) -> 
     out = second.stdout
     assert f"Total: {images} images, {images} cached, 0 requests, $0.0000" in out
     assert "Everything was cached: 0 requests, $0.00" in out
+    assert f"Gallery (open it in a browser to review every image): {page}" in out
 
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
         runs = instance.get_runs()

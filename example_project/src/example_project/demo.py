@@ -8,7 +8,7 @@ It does what a user would do in the Dagster UI, on a persistent instance (``$DAG
    as ``BackfillPolicy.single_run()`` launches it), generation and edits together;
 2. for a dynamic prompt table, one tick of its sensor (adds the table's keys as partitions), then
    the same kind of backfill over every partition;
-3. one run of the unpartitioned assets (manifest and dataset export).
+3. one run of the unpartitioned assets (manifest, dataset export and the review gallery).
 
 A second run finds every image in the store with the same request fingerprint: nothing is sent and
 nothing is paid. Without ``OPENAI_API_KEY`` the offline emulator makes placeholder images.
@@ -121,14 +121,20 @@ def _execute(
     )
 
 
-def _record(totals: dict[dg.AssetKey, AssetTotals], result: dg.ExecuteInProcessResult) -> None:
+def _record(
+    totals: dict[dg.AssetKey, AssetTotals],
+    result: dg.ExecuteInProcessResult,
+    galleries: list[str],
+) -> None:
     for event in result.all_events:
         if not event.is_step_materialization:
             continue
         materialization = event.step_materialization_data.materialization
         meta = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
         entry = totals.setdefault(materialization.asset_key, AssetTotals())
-        path = str(meta.get("path", "") or "")
+        path = str(meta.get("path", "") or meta.get("gallery", "") or "")
+        if "gallery" in meta:
+            galleries.append(path)
         if "cached" not in meta:
             entry.folder = path
             rows = meta.get("dagster/row_count")
@@ -203,6 +209,7 @@ def run(*, log_level: str = "INFO") -> int:
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     totals: dict[dg.AssetKey, AssetTotals] = {}
+    galleries: list[str] = []
     ok = True
     with dg.DagsterInstance.get() as instance:
         for note in _tick_sensors(defs, instance):
@@ -226,12 +233,12 @@ def run(*, log_level: str = "INFO") -> int:
                 log_level=log_level,
             )
             ok = ok and result.success
-            _record(totals, result)
+            _record(totals, result, galleries)
         if unpartitioned:
             print(f"run {', '.join(k.to_user_string() for k in unpartitioned)}")
             result = _execute(job, instance, unpartitioned, log_level=log_level)
             ok = ok and result.success
-            _record(totals, result)
+            _record(totals, result, galleries)
     print()
     print(_table(totals))
     images = sum(t.images for t in totals.values())
@@ -253,6 +260,8 @@ def run(*, log_level: str = "INFO") -> int:
         print("Some runs failed: see the messages above, or the runs in `make dev`.")
         return 1
     print(f"Images and their sidecar JSON: {store_url()}")
+    for gallery in galleries:
+        print(f"Gallery (open it in a browser to review every image): {gallery}")
     print(
         "Runs, cost and latency per partition, previews: `make dev`, or "
         f"DAGSTER_HOME={home} dagster dev -w workspace.yaml (from the repository root)"

@@ -4,17 +4,19 @@ Hugging Face imagefolder dataset."""
 from dagster_gptimage.datasets import image_dataset_export_asset, image_manifest_asset
 from example_project.resources import store_url
 
+IMAGE_ASSETS = [
+    "product_shots",
+    "product_shots_lifestyle",
+    "new_arrivals",
+    # Declared in defs/posters/defs.yaml (the YAML pipeline):
+    "posters",
+    "posters_vintage",
+    "posters_framed",
+]
+
 image_manifest = image_manifest_asset(
     name="image_manifest",
-    sources=[
-        "product_shots",
-        "product_shots_lifestyle",
-        "new_arrivals",
-        # Declared in defs/posters/defs.yaml (the YAML pipeline):
-        "posters",
-        "posters_vintage",
-        "posters_framed",
-    ],
+    sources=IMAGE_ASSETS,
     group_name="datasets",
 )
 
