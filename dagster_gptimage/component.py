@@ -38,12 +38,14 @@ from dagster_gptimage._scaffold import GPTImageComponentScaffolder, identifier, 
 from dagster_gptimage._yaml import GPTImageComponentError, YamlSite
 from dagster_gptimage.assets import image_edit_asset, image_generation_asset
 from dagster_gptimage.errors import DefinitionError, InvalidRequestError, short_repr
+from dagster_gptimage.gallery import image_gallery_asset
 from dagster_gptimage.models import (
     DEFAULT_FIELDS,
     PRESET_SIZES,
     GenerationDefaults,
     RequestDefaults,
 )
+from dagster_gptimage.prompt_rows import prompt_rows_asset
 from dagster_gptimage.prompts import PromptTableError, TableFormat
 from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.sensors import prompt_table_sensor
@@ -55,6 +57,7 @@ __all__ = [
     "GPTImageComponent",
     "GPTImageComponentError",
     "GPTImageComponentScaffolder",
+    "GallerySpec",
     "ImageStoreSpec",
     "PromptTableSensorSpec",
     "ResourceSpec",
@@ -148,7 +151,8 @@ class ImageStoreSpec(_PreciseSchema, dg.Model):
 
 
 class PromptTableSensorSpec(_PreciseSchema, dg.Model):
-    """The sensor that adds new rows of a dynamic prompt table as partitions and runs them."""
+    """The sensor that follows the prompt table: it observes new and changed rows (their data
+    versions) and, for a dynamic table, adds new rows' keys as partitions."""
 
     name: str | None = Field(
         default=None, description="Sensor name. Default: <asset>_prompt_table_sensor."
@@ -160,6 +164,23 @@ class PromptTableSensorSpec(_PreciseSchema, dg.Model):
         default="stopped",
         description="Whether the sensor runs as soon as the code loads (running) or waits to be "
         "turned on in the UI (stopped).",
+    )
+
+
+class GallerySpec(_PreciseSchema, dg.Model):
+    """A static HTML gallery of every image asset of this component (see docs/gallery.md)."""
+
+    name: str | None = Field(default=None, description="Asset name. Default: <name>_gallery.")
+    title: str | None = Field(default=None, description="Page title. Default: the asset name.")
+    thumbnail_size: int = Field(
+        default=256, ge=32, le=1024, description="Longer side of the thumbnails, in pixels."
+    )
+    thumbnail_format: Literal["webp", "jpeg"] = Field(
+        default="webp", description="Thumbnail format."
+    )
+    automation: Literal["eager"] | None = Field(
+        default=None,
+        description="eager: rebuild whenever an image is materialized. Default: manual.",
     )
 
 
@@ -259,7 +280,29 @@ class GPTImageComponent(dg.Component, _PreciseSchema, dg.Model, GenerationDefaul
         ),
     )
     sensor: PromptTableSensorSpec | None = Field(
-        default=None, description="Settings of the dynamic-partition sensor (dynamic only)."
+        default=None,
+        description=(
+            "The sensor following the prompt table (always there for dynamic tables; for static "
+            "ones, give this block to observe changed rows)."
+        ),
+    )
+    automation: Automation | None = Field(
+        default=None,
+        description=(
+            "eager: regenerate each partition whose prompt row changed, was added, or was fixed "
+            "after a failure (needs the sensor and the automation condition sensor); on_missing: "
+            "only partitions never materialized. Default: manual."
+        ),
+    )
+    prompts_key: str | None = Field(
+        default=None,
+        description=(
+            "Asset name of the prompt rows (one data version per row), under key_prefix. "
+            "Default: <name>_prompts."
+        ),
+    )
+    gallery: GallerySpec | None = Field(
+        default=None, description="Add a gallery of this component's images."
     )
     max_cost_usd: float | None = Field(
         default=None, ge=0, description="Budget per run in USD (estimate checked before sending)."
@@ -449,12 +492,6 @@ class _Builder(YamlSite):
     def build(self) -> dg.Definitions:
         c = self.c
         self._check_names()
-        if c.sensor is not None and c.partitioning != "dynamic":
-            raise self.fail(
-                ["sensor"],
-                "a sensor only adds partitions of a dynamic prompt table",
-                "set partitioning: dynamic, or remove the sensor block",
-            )
         provided, resource_key, store_key = self.resources()
         table = self.table(["prompts"], c.prompts, c.prompts_format, c.key_column, c.prompt_column)
         common: dict[str, Any] = {
@@ -478,6 +515,8 @@ class _Builder(YamlSite):
                 model=c.image_model,
                 partitioning=c.partitioning,
                 max_cost_usd=c.max_cost_usd,
+                prompts_key=[*_prefix(c.key_prefix), c.prompts_key] if c.prompts_key else None,
+                automation_condition=_automation(c.automation),
                 **c.request_params(),
                 **common,
             ),
@@ -485,8 +524,11 @@ class _Builder(YamlSite):
         built: dict[str, dg.AssetsDefinition] = {c.name: generation}
         for index, step in enumerate(c.edits or []):
             built[step.name] = self._edit(index, step, built, common)
+        assets: list[Any] = [prompt_rows_asset(generation), *built.values()]
+        if c.gallery is not None:
+            assets.append(self._gallery(c.gallery, list(built.values()), store_key))
         sensors: list[dg.SensorDefinition] = []
-        if c.partitioning == "dynamic":
+        if c.partitioning == "dynamic" or c.sensor is not None:
             spec = c.sensor or PromptTableSensorSpec()
             status = dg.DefaultSensorStatus.RUNNING if spec.default_status == "running" else None
             sensors.append(
@@ -501,7 +543,27 @@ class _Builder(YamlSite):
                     ),
                 )
             )
-        return dg.Definitions(assets=list(built.values()), sensors=sensors, resources=provided)
+        return dg.Definitions(assets=assets, sensors=sensors, resources=provided)
+
+    def _gallery(
+        self, spec: GallerySpec, images: Sequence[dg.AssetsDefinition], store_key: str
+    ) -> dg.AssetsDefinition:
+        c = self.c
+        return image_gallery_asset(
+            name=spec.name or f"{c.name}_gallery",
+            assets=images,
+            store_key=store_key,
+            key_prefix=c.key_prefix,
+            group_name=c.group_name,
+            title=spec.title,
+            thumbnail_size=spec.thumbnail_size,
+            thumbnail_format=spec.thumbnail_format,
+            automation_condition=(
+                dg.AutomationCondition.eager() if spec.automation == "eager" else None
+            ),
+            owners=c.owners,
+            tags=c.tags,
+        )
 
     def _check_names(self) -> None:
         c = self.c
@@ -598,11 +660,7 @@ class _Builder(YamlSite):
                 step.key_column,
                 step.prompt_column,
             )
-        automation = {
-            "eager": dg.AutomationCondition.eager(),
-            "on_missing": dg.AutomationCondition.on_missing(),
-            None: None,
-        }[step.automation]
+        automation = _automation(step.automation)
         return self._guard(
             path,
             step,
@@ -632,6 +690,14 @@ def _accepted_fix(name: str, accepted: Any) -> str:
     return (
         f"set {field} to an accepted value: {accepted}" if accepted else f"change or remove {field}"
     )
+
+
+def _automation(choice: str | None) -> dg.AutomationCondition | None:
+    if choice == "eager":
+        return dg.AutomationCondition.eager()
+    if choice == "on_missing":
+        return dg.AutomationCondition.on_missing()
+    return None
 
 
 def _prefix(key_prefix: str | Sequence[str] | None) -> list[str]:

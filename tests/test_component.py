@@ -525,11 +525,28 @@ def test_edit_table_missing_keys_is_reported_on_the_step(project: Project) -> No
     assert "meadow, desert" in message
 
 
-def test_sensor_without_dynamic_partitions(project: Project) -> None:
-    path = project.component(
+def test_a_static_table_gets_its_sensor_when_asked(project: Project) -> None:
+    """Issue 13: the sensor follows static tables too (it observes changed rows)."""
+    project.component(
         "scenes", basic(sensor={"minimum_interval_seconds": 30}), files={"prompts.csv": PROMPTS_CSV}
     )
-    assert_names(project.error(), path, "attributes.sensor", "partitioning: dynamic")
+    defs = with_resources(project.build())
+    assert [sensor.name for sensor in defs.sensors or []] == ["scenes_prompt_table_sensor"]
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("scenes")).parent_keys == {dg.AssetKey("scenes_prompts")}
+
+
+def test_gallery_and_automation_blocks(project: Project) -> None:
+    project.component(
+        "scenes",
+        basic(automation="eager", prompts_key="rows", gallery={"thumbnail_format": "jpeg"}),
+        files={"prompts.csv": PROMPTS_CSV},
+    )
+    defs = with_resources(project.build())
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("scenes")).parent_keys == {dg.AssetKey("rows")}
+    assert graph.get(dg.AssetKey("scenes")).automation_condition is not None
+    assert graph.get(dg.AssetKey("scenes_gallery")).parent_keys == {dg.AssetKey("scenes")}
 
 
 def test_secrets_in_yaml_are_refused_without_being_shown(project: Project) -> None:
@@ -676,6 +693,7 @@ def test_scaffold_writes_a_working_pipeline(
 
     defs = project.build()
     assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
+        "city_views_prompts",
         "city_views",
         "city_views_watercolor",
     }

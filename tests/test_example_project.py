@@ -30,6 +30,7 @@ IMAGE_ASSETS = {
     "posters_framed",
 }
 DATASET_ASSETS = {"image_manifest", "image_dataset", "image_gallery"}
+PROMPT_ASSETS = {"product_shots_prompts", "new_arrivals_prompts", "posters_prompts"}
 
 
 def expected_images() -> int:
@@ -90,7 +91,7 @@ def test_definitions_hold_both_pipelines(offline: Path) -> None:
     defs = load_defs()
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == IMAGE_ASSETS | DATASET_ASSETS
+    assert keys == IMAGE_ASSETS | DATASET_ASSETS | PROMPT_ASSETS
     assert [sensor.name for sensor in defs.sensors or []] == ["new_arrivals_prompt_table_sensor"]
 
     framed = graph.get(dg.AssetKey("posters_framed"))
@@ -165,7 +166,7 @@ def test_dg_check_defs_and_list_defs(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     listing = json.loads(listed.stdout)
     assets = {asset["asset_key"]: asset for asset in listing["assets"]}
-    assert set(assets) == IMAGE_ASSETS | DATASET_ASSETS
+    assert set(assets) == IMAGE_ASSETS | DATASET_ASSETS | PROMPT_ASSETS
     assert assets["posters_vintage"]["dependency_keys"] == ["posters"]
     assert {"openai", "image"} <= set(assets["posters"]["kinds"])
     sensors = {s["name"] for s in listing["sensors"]}

@@ -3,7 +3,12 @@ requests its run, without a code reload."""
 
 from pathlib import Path
 
-from dagster_gptimage import PromptTable, image_generation_asset, prompt_table_sensor
+from dagster_gptimage import (
+    PromptTable,
+    image_generation_asset,
+    prompt_rows_asset,
+    prompt_table_sensor,
+)
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -17,5 +22,7 @@ new_arrivals = image_generation_asset(
     output_format="webp",
     max_cost_usd=1.0,
 )
+
+new_arrivals_prompts = prompt_rows_asset(new_arrivals)
 
 new_arrivals_sensor = prompt_table_sensor(new_arrivals, minimum_interval_seconds=30)

@@ -4,7 +4,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_gptimage import PromptTable, image_edit_asset, image_generation_asset
+from dagster_gptimage import (
+    PromptTable,
+    image_edit_asset,
+    image_generation_asset,
+    prompt_rows_asset,
+)
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -18,6 +23,9 @@ product_shots = image_generation_asset(
     output_compression=85,
     max_cost_usd=2.0,
 )
+
+# The table in the asset graph, one data version per row: a changed row marks its image stale.
+product_shots_prompts = prompt_rows_asset(product_shots)
 
 product_shots_lifestyle = image_edit_asset(
     name="product_shots_lifestyle",
