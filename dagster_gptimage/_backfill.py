@@ -16,18 +16,25 @@ One run materializes many partitions (a single-run backfill), so the body is bui
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 
-from dagster_gptimage._checks import CHECK_NAME, check_result, verify_all
+from dagster_gptimage._checks import (
+    CHECK_NAME,
+    check_result,
+    earlier_failures,
+    reverify,
+    verify_all,
+)
 from dagster_gptimage._dagster import (
     downstream_signal,
     job_asset_is_partitioned,
     job_assets_defs,
     latest_materialization_ids,
     latest_observed_versions,
+    previous_check_metadata,
 )
 from dagster_gptimage._events import failure, materialization
 from dagster_gptimage._execute import END, Budget, Done, Executor
@@ -87,6 +94,7 @@ class _Run:
         self.client = client
         self.scope = scope
         self.check = check
+        self.store = store
         self.planner = Planner(
             job, client, store, force=force, check=check, failed_upstream=scope.failed_upstream
         )
@@ -202,6 +210,15 @@ class _Run:
         yield from self._cached(hits)
         if todo:
             yield from self._executed(todo, loop)
+        if self.check:
+            yield evaluate_check(
+                self.context,
+                self.job.asset_key,
+                self.store,
+                self.tally.check_problems,
+                loop,
+                scope="this run's partitions",
+            )
         yield from self._finish(len(keys))
 
     def _cached(self, hits: Sequence[Planned]) -> Iterator[Any]:
@@ -235,10 +252,6 @@ class _Run:
 
     def _finish(self, total: int) -> Iterator[Any]:
         tally = self.tally
-        if self.check and tally.check_problems:
-            yield check_result(
-                self.job.asset_key, tally.check_problems, scope="this run's partitions"
-            )
         failed_cost = sum(f.cost_usd for f in tally.failures)
         self.context.log.info(
             run_summary(
@@ -274,7 +287,11 @@ class _Run:
 
 
 def run_image_asset(
-    context: dg.AssetExecutionContext, job: ImageJob, *, force: bool
+    context: dg.AssetExecutionContext,
+    job: ImageJob,
+    *,
+    force: bool,
+    check_partitions: Sequence[str] | None = None,
 ) -> Iterator[Any]:
     """The body of an image asset's step: materialize the run's partitions and/or run the check."""
     store: ImageStore = getattr(context.resources, job.store_key)
@@ -284,7 +301,7 @@ def run_image_asset(
     with LoopThread() as loop:
         if job.asset_key not in context.selected_asset_keys:
             if check_selected:
-                yield _check_stored(context, job, store, loop)
+                yield _check_stored(context, job, store, loop, check_partitions)
             return
         keys = list(context.partition_keys)
         scope = RunScope.of(
@@ -303,17 +320,51 @@ def run_image_asset(
             loop.run(client.aclose())
 
 
-def _check_stored(
-    context: dg.AssetExecutionContext, job: ImageJob, store: ImageStore, loop: LoopThread
+def evaluate_check(
+    context: dg.AssetExecutionContext,
+    asset_key: dg.AssetKey,
+    store: ImageStore,
+    problems: Mapping[str, list[str]],
+    loop: LoopThread,
+    *,
+    scope: str,
 ) -> dg.AssetCheckResult:
-    """The check run alone (Dagster runs an unpartitioned check without partitions): verify every
-    stored image without generating anything, and flag every partition Dagster records as
-    materialized that the store lacks."""
-    records = store.list_records(job.asset_key)
+    """The check's result over ``problems`` (the partitions verified now), with every partition the
+    previous evaluation found invalid re-verified: a bad image stays reported, whatever else is
+    materialized meanwhile, until it is fixed or regenerated."""
+    previous = previous_check_metadata(context.instance, dg.AssetCheckKey(asset_key, CHECK_NAME))
+    earlier = [key for key in earlier_failures(previous) if key not in problems]
+    found = dict(problems)
+    if earlier:
+        found.update(loop.run(reverify(store, asset_key, earlier)))
+        scope = f"{scope}, and {len(earlier)} partitions found invalid before"
+    return check_result(asset_key, found, scope=scope)
+
+
+def _check_stored(
+    context: dg.AssetExecutionContext,
+    job: ImageJob,
+    store: ImageStore,
+    loop: LoopThread,
+    check_partitions: Sequence[str] | None,
+) -> dg.AssetCheckResult:
+    """The check run alone (Dagster runs the unpartitioned check without partitions): verify
+    ``check_partitions`` (run config), or every stored image, without generating anything, and
+    flag every partition Dagster records as materialized that the store lacks."""
+    keys = list(check_partitions) if check_partitions is not None else None
+    if keys is None:
+        records = store.list_records(job.asset_key)
+        materialized = context.instance.get_materialized_partitions(job.asset_key)
+        scope = "every stored image"
+    else:
+        found = (store.read_record(job.asset_key, key) for key in keys)
+        records = [record for record in found if record is not None]
+        materialized = context.instance.get_materialized_partitions(job.asset_key) & set(keys)
+        scope = f"{len(keys)} partitions given in run config"
     stored = {record.partition_key for record in records}
     problems: dict[str, list[str]] = {
         key: ["materialized in Dagster but no image in the store"]
-        for key in sorted(context.instance.get_materialized_partitions(job.asset_key) - stored)
+        for key in sorted(set(materialized) - stored)
     }
     problems.update(loop.run(verify_all(store, records)))
     invalid = sum(1 for found in problems.values() if found)
@@ -321,4 +372,4 @@ def _check_stored(
         f"{job.asset_key.to_user_string()}: verified {len(problems)} images ({invalid} invalid) "
         f"in {short_repr(store.resolved_base_url, 200)}"
     )
-    return check_result(job.asset_key, problems, scope="every stored image")
+    return evaluate_check(context, job.asset_key, store, problems, loop, scope=scope)

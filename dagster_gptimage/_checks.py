@@ -23,15 +23,21 @@ from dagster_gptimage.storage import ImageRecord, ImageStore
 
 __all__ = [
     "CHECK_NAME",
+    "FAILING_KEY",
     "DecodedImage",
     "check_result",
     "check_spec",
+    "earlier_failures",
+    "reverify",
     "verify_all",
     "verify_bytes",
     "verify_image",
 ]
 
 CHECK_NAME = "image_valid"
+FAILING_KEY = "failing_partitions"
+"""Metadata of every evaluation: all partitions found invalid, so that the next evaluation
+re-verifies them and a failure stays reported until it is fixed or regenerated."""
 _LISTED_FAILURES = 50
 _VERIFY_THREADS = 4
 
@@ -53,9 +59,34 @@ def check_spec(asset_key: dg.AssetKey) -> dg.AssetCheckSpec:
         description=(
             "Each stored image decodes, has the requested format and size, and matches the sha256 "
             "in its sidecar. In a materialization run it covers the run's partitions; run alone it "
-            "re-verifies every stored image of the asset without regenerating anything."
+            "re-verifies every stored image of the asset (or the run's partitions) without "
+            "regenerating anything. Every evaluation also re-verifies the partitions the previous "
+            "one found invalid, so a bad image stays reported until it is fixed or regenerated."
         ),
     )
+
+
+def earlier_failures(previous: Mapping[str, dg.MetadataValue]) -> list[str]:
+    """The partitions the previous evaluation found invalid (its ``failing_partitions``)."""
+    value = previous.get(FAILING_KEY)
+    keys = getattr(value, "value", None)
+    return [str(key) for key in keys] if isinstance(keys, list) else []
+
+
+async def reverify(
+    store: ImageStore, asset_key: dg.AssetKey, keys: Iterable[str]
+) -> dict[str, list[str]]:
+    """Problems of partitions found invalid before: re-read now (fixed ones pass)."""
+    records: list[ImageRecord] = []
+    problems: dict[str, list[str]] = {}
+    for key in keys:
+        record = await asyncio.to_thread(store.read_record, asset_key, key)
+        if record is None:
+            problems[key] = ["no image in the store"]
+        else:
+            records.append(record)
+    problems.update(await verify_all(store, records))
+    return problems
 
 
 def _requested_dimensions(size: object) -> tuple[int, int] | None:
@@ -178,5 +209,6 @@ def check_result(
             "failed": dg.MetadataValue.int(len(failed)),
             "scope": dg.MetadataValue.text(scope),
             "failures": dg.MetadataValue.json(dict(list(failed.items())[:_LISTED_FAILURES])),
+            FAILING_KEY: dg.MetadataValue.json(sorted(failed)),
         },
     )

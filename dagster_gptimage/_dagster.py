@@ -58,6 +58,7 @@ __all__ = [
     "latest_materialization_ids",
     "latest_observed_versions",
     "op_function",
+    "previous_check_metadata",
 ]
 
 
@@ -86,6 +87,21 @@ def job_asset_is_partitioned(context: dg.AssetExecutionContext, asset_key: dg.As
     the definitions is an unpartitioned stub there)."""
     graph = context.job_def.asset_layer.asset_graph
     return graph.has(asset_key) and graph.get(asset_key).partitions_def is not None
+
+
+def previous_check_metadata(
+    instance: dg.DagsterInstance, check_key: dg.AssetCheckKey
+) -> Mapping[str, dg.MetadataValue]:
+    """The metadata of the check's latest completed evaluation (empty when it never ran)."""
+    from dagster._core.storage.asset_check_execution_record import (
+        COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+    )
+
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        check_key, limit=1, status=set(COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES)
+    )
+    evaluation = records[0].evaluation if records else None
+    return evaluation.metadata if evaluation is not None else {}
 
 
 def latest_materialization_ids(

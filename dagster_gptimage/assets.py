@@ -55,6 +55,13 @@ class ImageAssetConfig(dg.Config):
             "request (this pays again)."
         ),
     )
+    check_partitions: list[str] | None = Field(
+        default=None,
+        description=(
+            "When only the image_valid check runs: verify these partitions (default: every stored "
+            "image). Nothing is generated either way."
+        ),
+    )
 
 
 def _asset_key(name: str, key_prefix: str | Sequence[str] | None) -> dg.AssetKey:
@@ -206,7 +213,9 @@ def _build(
 
     def _image_asset(context: dg.AssetExecutionContext, config: ImageAssetConfig):
         # No return annotation: Dagster reads it as the type of the op's (several) outputs.
-        yield from run_image_asset(context, job, force=config.force)
+        yield from run_image_asset(
+            context, job, force=config.force, check_partitions=config.check_partitions
+        )
 
     attach_job(_image_asset, job)
     return dg.multi_asset(

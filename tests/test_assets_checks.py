@@ -153,3 +153,73 @@ def test_edit_assets_carry_the_check_too(tmp_path: Path, instance: dg.DagsterIns
     [evaluation] = check_evaluations(result)
     assert evaluation.passed
     assert evaluation.asset_key == edited.key
+
+
+def _corrupt(store: ImageStore, asset: dg.AssetsDefinition, key: str) -> None:
+    path = Path(store.image_path(asset.key, key, "png"))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 :] = b"\0" * (len(data) - len(data) // 2)
+    path.write_bytes(bytes(data))
+
+
+def _latest(instance: dg.DagsterInstance, asset: dg.AssetsDefinition):  # type: ignore[no-untyped-def]
+    [record] = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(asset.key, IMAGE_CHECK_NAME), limit=1
+    )
+    assert record.evaluation is not None
+    return record.evaluation
+
+
+def test_a_corrupt_partition_stays_failing_while_others_are_materialized(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    """Issue 13: corrupt k0, run the check alone, materialize k1: k0 is still reported."""
+    asset, resources, emulator = generated(tmp_path, instance, "kept_failing")
+    store: ImageStore = resources["image_store"]
+    _corrupt(store, asset, "k0")
+    alone = run_check_alone(asset, resources, instance)
+    [evaluation] = check_evaluations(alone)
+    assert not evaluation.passed
+    assert evaluation.metadata["failing_partitions"].value == ["k0"]
+
+    before = emulator.stats.requests
+    other = materialize_range([asset], resources, "k1", "k1", instance=instance)
+    assert other.success
+    assert emulator.stats.requests == before, "k1 is a cache hit"
+    latest = _latest(instance, asset)
+    assert not latest.passed, "the corruption of k0 must not disappear from the UI"
+    assert latest.metadata["failing_partitions"].value == ["k0"]
+    assert "found invalid before" in latest.description
+
+    # Regenerating k0 (the store's copy no longer matches: it is a cache miss) fixes it.
+    fixed = materialize_range([asset], resources, "k0", "k0", instance=instance)
+    assert fixed.success
+    assert emulator.stats.requests == before + 1
+    assert _latest(instance, asset).passed
+
+
+def test_the_check_alone_on_a_partition_subset_regenerates_nothing(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    asset, resources, emulator = generated(tmp_path, instance, "subset_checked")
+    store: ImageStore = resources["image_store"]
+    _corrupt(store, asset, "k2")
+    before = emulator.stats.requests
+    job = dg.define_asset_job("verify_some", selection=dg.AssetSelection.checks_for_assets(asset))
+    defs = dg.Definitions(assets=[asset], jobs=[job], resources=resources)
+
+    def check(keys: list[str]) -> dg.ExecuteInProcessResult:
+        config = {"ops": {asset.node_def.name: {"config": {"check_partitions": keys}}}}
+        return defs.resolve_job_def("verify_some").execute_in_process(
+            instance=instance, raise_on_error=False, run_config=config
+        )
+
+    [evaluation] = check_evaluations(check(["k0", "k1"]))
+    assert evaluation.passed
+    assert evaluation.metadata["checked"].value == 2
+    assert emulator.stats.requests == before
+
+    [evaluation] = check_evaluations(check(["k2"]))
+    assert not evaluation.passed
+    assert evaluation.metadata["failing_partitions"].value == ["k2"]
+    assert emulator.stats.requests == before
