@@ -10,6 +10,7 @@ YAML schema the component derives through ``Resolvable.model()`` (made precise h
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import types
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,7 @@ __all__ = [
     "PreciseSchema",
     "ResolutionException",
     "Resolvable",
+    "ResolvedConfigMarker",
     "downstream_signal",
     "get_input_data_version_tag",
     "get_input_event_pointer_tag",
@@ -59,7 +61,31 @@ __all__ = [
     "latest_observed_versions",
     "op_function",
     "previous_check_metadata",
+    "resolving_config",
 ]
+
+
+_RESOLVING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "gptimage_resolving", default=False
+)
+
+
+def resolving_config() -> bool:
+    """Whether Dagster is building a resource from its resolved run config right now (``EnvVar``s
+    already replaced by their values), rather than user code constructing it."""
+    return _RESOLVING.get()
+
+
+class ResolvedConfigMarker:
+    """Mixin for a ``ConfigurableResource``: marks the instances Dagster builds at run time from
+    resolved config (``_with_updated_values``), so validators can tell them from user code."""
+
+    def _with_updated_values(self, values: Mapping[str, Any] | None) -> Any:
+        token = _RESOLVING.set(True)
+        try:
+            return super()._with_updated_values(values)  # type: ignore[misc]
+        finally:
+            _RESOLVING.reset(token)
 
 
 def op_function(asset: dg.AssetsDefinition) -> object:

@@ -115,10 +115,17 @@ class ClientSettings(ClientOptions, _KeyAndModel, dg.Config):
             yield name, value
 
     def client_settings(self) -> "ClientSettings":
-        """These settings as a plain ClientSettings (from a subclass such as the resource)."""
+        """These settings as a plain ClientSettings (from a subclass such as the resource).
+
+        Outside a Dagster run an ``EnvVar`` key is still unresolved; it is read from the
+        environment here, so a resource also works in scripts and notebooks.
+        """
         if type(self) is ClientSettings:
             return self
-        return ClientSettings(**{name: getattr(self, name) for name in ClientSettings.model_fields})
+        values = {name: getattr(self, name) for name in ClientSettings.model_fields}
+        if isinstance(values["api_key"], dg.EnvVar):
+            values["api_key"] = values["api_key"].get_value()
+        return ClientSettings(**values)
 
 
 class _Shown(str):

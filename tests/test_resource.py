@@ -12,10 +12,29 @@ from dagster._serdes import serialize_value
 
 from dagster_gptimage import resource as resource_module
 from dagster_gptimage.client import GPTImageClient
-from dagster_gptimage.errors import AuthenticationError
+from dagster_gptimage.errors import AuthenticationError, DefinitionError
 from dagster_gptimage.resource import GPTImageResource
 
 ENV = "GPTIMAGE_TEST_FAKE_KEY"
+
+
+@pytest.fixture(autouse=True)
+def fake_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resources take keys only through dg.EnvVar (a literal one is refused)."""
+    monkeypatch.setenv(ENV, FAKE_KEY)
+
+
+def test_a_literal_key_is_refused_without_being_shown() -> None:
+    with pytest.raises(DefinitionError, match=r"dg\.EnvVar") as refused:
+        GPTImageResource(api_key=FAKE_KEY)
+    assert refused.value.field == "api_key"
+    assert FAKE_KEY not in str(refused.value)
+    assert FAKE_KEY not in repr(refused.value)
+
+
+def test_an_env_var_key_also_works_outside_a_run() -> None:
+    client = GPTImageResource(api_key=dg.EnvVar(ENV)).get_client()
+    assert client.settings.api_key == FAKE_KEY
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +44,9 @@ def no_backoff_sleep() -> Any:
 
 
 def test_repr_and_str_hide_the_key() -> None:
-    resource = GPTImageResource(api_key=FAKE_KEY)
+    # What Dagster builds when a run starts: the EnvVar replaced by the key itself.
+    resource = GPTImageResource(api_key=dg.EnvVar(ENV))._with_updated_values({"api_key": FAKE_KEY})
+    assert resource.api_key == FAKE_KEY
     for text in (repr(resource), str(resource), f"{resource}", repr([resource])):
         assert FAKE_KEY not in text
         assert "api_key=***" in text
@@ -36,7 +57,7 @@ def test_repr_and_str_hide_the_key() -> None:
 
 def test_get_client_is_configured_and_cached() -> None:
     resource = GPTImageResource(
-        api_key=FAKE_KEY,
+        api_key=dg.EnvVar(ENV),
         provider="gateway",
         base_url="https://gw.example.com/openai/v1",
         model="gpt-image-1.5",
@@ -78,14 +99,14 @@ def test_missing_key_is_a_clear_error_at_get_client(provider: Any) -> None:
 
 def test_azure_needs_a_deployment() -> None:
     resource = GPTImageResource(
-        provider="azure", api_key=FAKE_KEY, base_url="https://r.openai.azure.com"
+        provider="azure", api_key=dg.EnvVar(ENV), base_url="https://r.openai.azure.com"
     )
     with pytest.raises(ValueError, match="azure_deployment"):
         resource.get_client()
 
 
 def test_teardown_closes_and_forgets_the_client() -> None:
-    resource = GPTImageResource(api_key=FAKE_KEY)
+    resource = GPTImageResource(api_key=dg.EnvVar(ENV))
     client = resource.get_client()
     resource.teardown_after_execution(dg.build_init_resource_context())
     assert resource.get_client() is not client

@@ -46,7 +46,7 @@ def test_client_settings_object_and_keywords_are_equivalent() -> None:
 
 
 def test_the_resource_hands_its_settings_to_the_client() -> None:
-    resource = GPTImageResource(api_key=FAKE_KEY, max_concurrency=2, prices={"gpt-image-2": {}})
+    resource = GPTImageResource(provider="emulator", max_concurrency=2, prices={"gpt-image-2": {}})
     settings = resource.client_settings()
     assert type(settings) is ClientSettings
     assert settings.model_dump() == {n: getattr(resource, n) for n in ClientSettings.model_fields}

@@ -149,13 +149,21 @@ def test_non_image_content_types_are_refused(
 
 
 def test_a_refused_download_fails_its_partition_and_stores_nothing(
-    gateway: tuple[Emulator, str], emulator: Emulator, tmp_path: Path, instance: dg.DagsterInstance
+    gateway: tuple[Emulator, str],
+    emulator: Emulator,
+    tmp_path: Path,
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("GATEWAY_RELIABILITY_KEY", KEY)
     table = prompt_table(3)
     asset = image_generation_asset(name="gateway_urls", prompts=table, size=SIZE)
     resources = {
         "gptimage": GPTImageResource(
-            provider="gateway", api_key=KEY, base_url=gateway[1], gateway_response_format="url"
+            provider="gateway",
+            api_key=dg.EnvVar("GATEWAY_RELIABILITY_KEY"),
+            base_url=gateway[1],
+            gateway_response_format="url",
         ),
         "image_store": ImageStore(base_url=str(tmp_path / "store")),
     }

@@ -9,6 +9,7 @@ sidecars, the errors raised and their pickles, reprs.
 
 from __future__ import annotations
 
+import os
 import pickle
 import sqlite3
 import traceback
@@ -30,7 +31,7 @@ from dagster._serdes import serialize_value
 from dagster_gptimage.assets import image_generation_asset
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.emulator import Emulator, run_server_in_thread
-from dagster_gptimage.errors import AuthenticationError
+from dagster_gptimage.errors import AuthenticationError, DefinitionError
 from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.storage import ImageStore
 
@@ -163,24 +164,31 @@ def test_the_api_key_is_nowhere_after_a_backfill_and_a_401(
     assert not _leaks(repr(client), key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Dagster stores a ConfigurableResource's literal field values as config defaults in the "
-        "job snapshot (runs.db, compressed): a literal api_key lands there. Use dg.EnvVar "
-        "(docs/concepts.md); refusing or warning on literal keys is a possible follow-up."
-    ),
-)
 def test_a_literal_api_key_stays_out_of_the_run_storage(
     key: str, server: tuple[Emulator, str], dagster_home: Path, tmp_path: Path
 ) -> None:
+    """Dagster stores a ConfigurableResource's literal field values in the job snapshot of every
+    run, so a literal key is refused when the resource is defined, before any run exists; the same
+    key through dg.EnvVar runs and is stored nowhere."""
     _emulator, url = server
-    resources = {
-        "gptimage": GPTImageResource(provider="openai", base_url=url, api_key=key),
-        "image_store": ImageStore(base_url=str(tmp_path / "store")),
-    }
-    table = prompt_table(2)
-    asset = image_generation_asset(name="secret_literal", prompts=table, size=SIZE)
-    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        assert run_range([asset], resources, table.keys, instance).success
+    with pytest.raises(DefinitionError, match=r"dg\.EnvVar") as refused:
+        GPTImageResource(provider="openai", base_url=url, api_key=key)
+    assert refused.value.field == "api_key"
+    for text in _error_texts(refused.value):
+        assert not _leaks(text, key)
+
+    os.environ[ENV_VAR] = key
+    try:
+        resources = {
+            "gptimage": GPTImageResource(
+                provider="openai", base_url=url, api_key=dg.EnvVar(ENV_VAR)
+            ),
+            "image_store": ImageStore(base_url=str(tmp_path / "store")),
+        }
+        table = prompt_table(2)
+        asset = image_generation_asset(name="secret_literal", prompts=table, size=SIZE)
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            assert run_range([asset], resources, table.keys, instance).success
+    finally:
+        os.environ.pop(ENV_VAR, None)
     assert _files_with(dagster_home, key) == []
