@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The demo runs offline on the emulator; `make demo REAL=1` uses the OpenAI API (and OPENAI_API_KEY).
 demo: install
-	$(BIN)/python -m example_project.demo
+	$(if $(REAL),GPTIMAGE_PROVIDER=openai,GPTIMAGE_PROVIDER=emulator) $(BIN)/python -m example_project.demo
 
 test: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile

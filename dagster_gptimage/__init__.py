@@ -52,6 +52,7 @@ from dagster_gptimage.pricing import (
     cost_of_usage,
     estimate_cost,
 )
+from dagster_gptimage.preflight import CostEstimate, estimate_asset_cost
 from dagster_gptimage.prompt_rows import prompt_rows_asset, row_data_version
 from dagster_gptimage.prompts import PromptRow, PromptTable, PromptTableError
 from dagster_gptimage.resource import GPTImageResource
@@ -69,6 +70,7 @@ __all__ = [
     "MANIFEST_COLUMNS",
     "AuthenticationError",
     "ClientSettings",
+    "CostEstimate",
     "DefinitionError",
     "EditRequest",
     "GPTImageClient",
@@ -104,6 +106,7 @@ __all__ = [
     "__version__",
     "build_gallery",
     "cost_of_usage",
+    "estimate_asset_cost",
     "estimate_cost",
     "export_imagefolder",
     "image_dataset_export_asset",

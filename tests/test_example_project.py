@@ -114,13 +114,16 @@ def test_definitions_hold_both_pipelines(offline: Path) -> None:
     assert resources["image_store"].resolved_base_url == str(offline)
 
 
-def test_provider_follows_the_key_and_can_be_forced(
+def test_the_real_api_is_used_only_when_asked_for(
     offline: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Issue 13: a key exported in the shell is not enough to spend money."""
     from example_project import resources
 
     assert resources.gptimage_resource().provider == "emulator"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    assert resources.gptimage_resource().provider == "emulator"
+    monkeypatch.setenv("GPTIMAGE_PROVIDER", "openai")
     online = resources.gptimage_resource()
     assert online.provider == "openai"
     assert isinstance(online.api_key, dg.EnvVar)
@@ -130,6 +133,35 @@ def test_provider_follows_the_key_and_can_be_forced(
     monkeypatch.setenv("GPTIMAGE_PROVIDER", "dall-e")
     with pytest.raises(ValueError, match="GPTIMAGE_PROVIDER='dall-e'"):
         resources.gptimage_resource()
+    monkeypatch.setenv("GPTIMAGE_PROVIDER", "openai")
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(ValueError, match="needs OPENAI_API_KEY"):
+        resources.gptimage_resource()
+
+
+def test_real_mode_prints_the_preflight_estimate(offline: Path) -> None:
+    from example_project.definitions import defs as load_defs
+    from example_project.demo import preflight_line
+
+    line = preflight_line(load_defs())
+    found = re.search(r"Pre-flight estimate: (\d+) images, at most \$([0-9.]+)", line)
+    assert found, line
+    assert int(found.group(1)) == expected_images()
+    assert float(found.group(2)) > 0
+
+
+def test_make_demo_stays_offline_with_a_key_in_the_shell() -> None:
+    """`make demo` pins the emulator unless REAL=1 is given (checked with make's dry run)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key"}
+    dry = subprocess.run(
+        ["make", "-n", "demo"], cwd=root, env=env, capture_output=True, text=True, check=True
+    )
+    assert "GPTIMAGE_PROVIDER=emulator" in dry.stdout
+    real = subprocess.run(
+        ["make", "-n", "demo", "REAL=1"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert "GPTIMAGE_PROVIDER=openai" in real.stdout
 
 
 def test_default_store_is_inside_the_project(monkeypatch: pytest.MonkeyPatch) -> None:

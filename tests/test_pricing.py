@@ -285,3 +285,40 @@ def test_batch_rate_is_half_by_default_and_overridable_per_model() -> None:
 def test_batch_estimate_is_half_the_standard_estimate() -> None:
     request = GenerateRequest(prompt="A lighthouse", size="1024x1024", quality="high")
     assert estimate_cost(request, batch=True) == pytest.approx(estimate_cost(request) / 2)
+
+
+def test_preflight_estimate_of_assets_matches_the_runs_own_estimates() -> None:
+    from dagster_gptimage import (
+        GPTImageClient,
+        PromptTable,
+        estimate_asset_cost,
+        image_edit_asset,
+        image_generation_asset,
+    )
+
+    table = PromptTable.from_records(
+        [
+            {"key": "a", "prompt": "a kite", "quality": "high"},
+            {"key": "b", "prompt": "a boat"},
+            {"key": "c", "prompt": "a tree", "size": "1024x1536"},
+        ]
+    )
+    base = image_generation_asset(name="pre_base", prompts=table, size="1024x1024", quality="low")
+    edit = image_edit_asset(name="pre_edit", sources=[base], prompt="ink it", size="1024x1024")
+    estimate = estimate_asset_cost([base, edit])
+    client = GPTImageClient(provider="emulator")
+    expected = sum(
+        client.estimate_cost(
+            client.build_generate(
+                row.prompt, **{"size": "1024x1024", "quality": "low", **row.params}
+            )
+        )
+        for row in table
+    )
+    assert estimate.by_asset["pre_base"] == (3, pytest.approx(expected))
+    images, cost = estimate.by_asset["pre_edit"]
+    assert images == 3
+    assert cost > 0
+    assert estimate.images == 6
+    assert estimate.cost_usd == pytest.approx(expected + cost)
+    assert estimate_asset_cost([base], partition_keys=["a"]).images == 1

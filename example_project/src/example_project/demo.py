@@ -11,7 +11,9 @@ It does what a user would do in the Dagster UI, on a persistent instance (``$DAG
 3. one run of the unpartitioned assets (manifest, dataset export and the review gallery).
 
 A second run finds every image in the store with the same request fingerprint: nothing is sent and
-nothing is paid. Without ``OPENAI_API_KEY`` the offline emulator makes placeholder images.
+nothing is paid. The offline emulator makes placeholder images unless the real API is asked for
+explicitly (``make demo REAL=1``, i.e. ``GPTIMAGE_PROVIDER=openai``); then the pre-flight cost
+estimate is printed before the first request.
 """
 
 import argparse
@@ -31,6 +33,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
+from dagster_gptimage import estimate_asset_cost
 from example_project.resources import project_root, provider, store_url
 
 _DAGSTER_YAML = """\
@@ -188,6 +191,17 @@ def _table(totals: Mapping[dg.AssetKey, AssetTotals]) -> str:
     return "\n".join(lines)
 
 
+def preflight_line(defs: dg.Definitions) -> str:
+    """The pre-flight estimate of every image of the example, before any request."""
+    graph = defs.resolve_asset_graph()
+    assets = [graph.assets_def_for_key(key) for key in graph.executable_asset_keys]
+    estimate = estimate_asset_cost(assets)
+    return (
+        f"Pre-flight estimate: {estimate.images} images, at most ${estimate.cost_usd:.4f} "
+        "(images already stored by the same request cost nothing)"
+    )
+
+
 def run(*, log_level: str = "INFO") -> int:
     """Materialize everything; print the table; return the exit code (1 if a run failed)."""
     home = prepare_home()
@@ -199,11 +213,15 @@ def run(*, log_level: str = "INFO") -> int:
     print(
         f"dagster-gptimage example: provider {chosen}"
         + (
-            " (OPENAI_API_KEY is set: real images, real cost)"
+            " (REAL=1: real images, real cost)"
             if chosen == "openai"
-            else " (no OPENAI_API_KEY: offline emulator, placeholder images, nothing is paid)"
+            else " (offline emulator, placeholder images, nothing is paid)"
         )
     )
+    if chosen == "emulator" and os.environ.get("OPENAI_API_KEY"):
+        print("OPENAI_API_KEY is set but not used: run `make demo REAL=1` to use the real API.")
+    if chosen == "openai":
+        print(preflight_line(defs))
     print(f"Dagster instance: {home}")
     print(f"Image store:      {store_url()}")
     job = defs.resolve_implicit_global_asset_job_def()

@@ -2,9 +2,11 @@
 
 Environment variables:
 
-- ``OPENAI_API_KEY``: use the real API (real images, real cost). Read through ``dg.EnvVar`` so the key
-  never appears in code, logs or the Dagster UI.
-- ``GPTIMAGE_PROVIDER``: ``emulator`` or ``openai`` to force one (default: decided by the key).
+- ``GPTIMAGE_PROVIDER``: ``emulator`` (the default) or ``openai``. The real API is used only when
+  asked for explicitly (``make demo REAL=1`` sets ``openai``): many developers export
+  ``OPENAI_API_KEY`` in every shell, and a demo must not spend money by surprise.
+- ``OPENAI_API_KEY``: the key for ``openai``, read through ``dg.EnvVar`` so it never appears in
+  code, logs or the Dagster UI.
 - ``GPTIMAGE_STORE_URL``: where images go (any fsspec URL); default ``<project>/gptimage_store``.
 - ``GPTIMAGE_EMULATOR_LATENCY_SCALE``: emulator latency, as a fraction of the real API's
   (p50 59 s); default 0.01 so the demo shows realistic-looking latencies in about a second.
@@ -38,12 +40,14 @@ def store_url() -> str:
 
 
 def provider() -> str:
-    forced = os.environ.get("GPTIMAGE_PROVIDER", "").strip().lower()
-    if forced:
-        if forced not in ("openai", "emulator"):
-            raise ValueError(f"GPTIMAGE_PROVIDER={forced!r}: use 'openai' or 'emulator'")
-        return forced
-    return "openai" if os.environ.get("OPENAI_API_KEY") else "emulator"
+    """``emulator`` unless ``GPTIMAGE_PROVIDER=openai`` asks for the real API (never decided by the
+    mere presence of a key)."""
+    chosen = os.environ.get("GPTIMAGE_PROVIDER", "").strip().lower() or "emulator"
+    if chosen not in ("openai", "emulator"):
+        raise ValueError(f"GPTIMAGE_PROVIDER={chosen!r}: use 'openai' or 'emulator'")
+    if chosen == "openai" and not os.environ.get("OPENAI_API_KEY"):
+        raise ValueError("GPTIMAGE_PROVIDER=openai needs OPENAI_API_KEY in the environment")
+    return chosen
 
 
 @cache
@@ -54,12 +58,12 @@ def _announce(message: str) -> None:
 def gptimage_resource() -> GPTImageResource:
     if provider() == "openai":
         _announce(
-            "example_project: using the OpenAI API (OPENAI_API_KEY is set): images cost money"
+            "example_project: using the OpenAI API (GPTIMAGE_PROVIDER=openai): images cost money"
         )
         return GPTImageResource(api_key=dg.EnvVar("OPENAI_API_KEY"), max_concurrency=4)
     _announce(
-        "example_project: OPENAI_API_KEY is not set: using the offline emulator "
-        "(placeholder images, no cost)"
+        "example_project: using the offline emulator (placeholder images, no cost); "
+        "GPTIMAGE_PROVIDER=openai uses the real API"
     )
     scale = float(os.environ.get("GPTIMAGE_EMULATOR_LATENCY_SCALE", "0.01"))
     return GPTImageResource(
