@@ -49,3 +49,51 @@ def test_event_and_tag_internals_are_where_we_import_them_from() -> None:
     ):
         assert isinstance(tag, str)
         assert tag.startswith("dagster/")
+
+
+def test_op_function_reaches_the_decorated_body() -> None:
+    def body(context) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+    asset = dg.multi_asset(specs=[dg.AssetSpec("internals_a")])(body)
+    assert _dagster.op_function(asset) is body
+    [mapped] = dg.map_asset_specs(lambda spec: spec.replace_attributes(group_name="g"), [asset])
+    assert _dagster.op_function(mapped) is body
+
+
+def test_run_time_resource_copies_go_through_with_updated_values() -> None:
+    """GPTImageResource refuses literal keys except in the copies Dagster makes at run time, which
+    it marks through ``_with_updated_values``; if Dagster stops using it, literal keys resolved from
+    an EnvVar would be refused at run time, so this must fail first."""
+    from dagster._config.pythonic_config.resource import ConfigurableResourceFactory
+
+    assert hasattr(ConfigurableResourceFactory, "_with_updated_values")
+    source = inspect.getsource(ConfigurableResourceFactory)
+    assert "._with_updated_values(context.resource_config)" in source
+
+    seen: list[bool] = []
+
+    class Probe(_dagster.ResolvedConfigMarker, dg.ConfigurableResource):
+        value: str = ""
+
+        def __init__(self, **data: object) -> None:
+            seen.append(_dagster.resolving_config())
+            super().__init__(**data)
+
+    @dg.asset(required_resource_keys={"probe"})
+    def uses_probe(context: dg.AssetExecutionContext) -> None:
+        assert context.resources.probe.value == "x"
+
+    assert dg.materialize([uses_probe], resources={"probe": Probe(value="x")}).success
+    assert seen[0] is False
+    assert True in seen[1:]
+
+
+def test_data_version_constants_and_check_history() -> None:
+    from dagster._core.definitions.data_version import DEFAULT_DATA_VERSION
+
+    assert DEFAULT_DATA_VERSION.value == _dagster.UNOBSERVED_DATA_VERSION == "INITIAL"
+    instance = dg.DagsterInstance.ephemeral()
+    check_key = dg.AssetCheckKey(dg.AssetKey("nothing"), "image_valid")
+    assert _dagster.previous_check_metadata(instance, check_key) == {}
+    assert _dagster.latest_observed_versions(instance, dg.AssetKey("nothing"), ["a"]) == {}
