@@ -81,7 +81,7 @@ def test_run_time_resource_copies_go_through_with_updated_values() -> None:
             super().__init__(**data)
 
     @dg.asset(required_resource_keys={"probe"})
-    def uses_probe(context: dg.AssetExecutionContext) -> None:
+    def uses_probe(context) -> None:  # type: ignore[no-untyped-def]
         assert context.resources.probe.value == "x"
 
     assert dg.materialize([uses_probe], resources={"probe": Probe(value="x")}).success
