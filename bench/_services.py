@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ class PostgresServer:
     host: str
     port: int
     user: str
-    password: str
+    password: str = field(repr=False)
     db_name: str
 
     @property
@@ -264,7 +264,7 @@ class S3Server:
     endpoint: str
     bucket: str
     key: str
-    secret: str
+    secret: str = field(repr=False)
 
     @property
     def storage_options(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -51,7 +51,8 @@ def _load_ui() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "ui_screenshots", REPO_ROOT / "scripts" / "ui_screenshots.py"
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["ui_screenshots"] = module
     spec.loader.exec_module(module)
@@ -329,8 +330,7 @@ def wait_for_backfill(
             return status
         runs = backfill_runs(base_url, backfill_id)
         line = f"backfill {status}: " + ", ".join(
-            f"{s} {sum(r.status == s for r in runs)}"
-            for s in sorted({r.status for r in runs})
+            f"{s} {sum(r.status == s for r in runs)}" for s in sorted({r.status for r in runs})
         )
         if line != shown:
             progress(line)
@@ -410,7 +410,9 @@ def run_scenario(
     log_path = workdir / "dagster_dev.log"
     with _services(scenario) as (pg, s3, emulator):
         env = _deployment_env(pg, s3, emulator)
-        with ui.dagster_dev(project.workspace, project.home, log_path=log_path, extra_env=env) as url:
+        with ui.dagster_dev(
+            project.workspace, project.home, log_path=log_path, extra_env=env
+        ) as url:
             progress(f"dagster dev up at {url}; launching the backfill")
             started = time.monotonic()
             backfill_id = launch_backfill(url)
@@ -525,14 +527,6 @@ def run(quick: bool = False) -> Report:
     return result
 
 
-def _stored_names(keys: Sequence[str]) -> set[str]:
-    return {f"{k}.jpg" for k in keys} | {f"{k}.json" for k in keys}
-
-
 def expected_store(scenario: Scenario) -> set[str]:
-    """The object names a complete backfill leaves under the asset's prefix."""
-    return _stored_names(scenario.keys)
-
-
-def sidecar_paths(outcome: Outcome) -> Mapping[str, str]:
-    return {key: str(sidecar.get("path")) for key, sidecar in outcome.sidecars.items()}
+    """The object names a complete backfill leaves under the asset's prefix: image and sidecar."""
+    return {f"{k}.jpg" for k in scenario.keys} | {f"{k}.json" for k in scenario.keys}
