@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-fast lint format typecheck bench browser-deps dev clean
+.PHONY: install demo test test-fast lint format typecheck bench browser-deps postgres-deps dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ browser-deps:
 	  command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the browser test will be skipped"; }
+
+# Debian's PostgreSQL server binaries for tests/test_production.py; best effort (needs root and apt),
+# the test skips without them. The service is not started: the test runs its own throw-away server.
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     --no-install-recommends postgresql >/dev/null) \
+	  || echo "postgresql not installed: tests/test_production.py will be skipped"; }
 
 dev: install
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/example_project/.dagster_home} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import backfill, batch_stream, cache, gallery, overhead, ratelimit
+from bench import backfill, batch_stream, cache, gallery, overhead, production, ratelimit
 from bench._common import Report, machine_info
 
 BENCHMARKS: dict[str, Callable[..., Report]] = {
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, Callable[..., Report]] = {
     "ratelimit": ratelimit.run,
     "batch_stream": batch_stream.run,
     "gallery": gallery.run,
+    "production": production.run,
 }
 
 
