@@ -45,6 +45,7 @@ from dagster_gptimage.models import (
     RequestDefaults,
     Usage,
 )
+from dagster_gptimage.preflight import CostEstimate, estimate_asset_cost
 from dagster_gptimage.pricing import (
     DEFAULT_PRICES,
     ModelPrices,
@@ -52,7 +53,6 @@ from dagster_gptimage.pricing import (
     cost_of_usage,
     estimate_cost,
 )
-from dagster_gptimage.preflight import CostEstimate, estimate_asset_cost
 from dagster_gptimage.prompt_rows import prompt_rows_asset, row_data_version
 from dagster_gptimage.prompts import PromptRow, PromptTable, PromptTableError
 from dagster_gptimage.resource import GPTImageResource

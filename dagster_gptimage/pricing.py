@@ -137,37 +137,40 @@ class PriceTable(Mapping[str, ModelPrices]):
         return {model: prices.model_dump() for model, prices in self._table.items()}
 
 
+def _price_error(model: str, message: str, value: object) -> InvalidRequestError:
+    return InvalidRequestError(
+        message, field=f"prices.{model}", value=value, accepted=tuple(ModelPrices.model_fields)
+    )
+
+
 def _merge(
     model: str, base: ModelPrices | None, override: ModelPrices | Mapping[str, Any]
 ) -> ModelPrices:
     if isinstance(override, ModelPrices):
         return override
     if not isinstance(override, Mapping):
-        raise InvalidRequestError(
+        raise _price_error(
+            model,
             f"prices[{model!r}]={short_repr(override)} is not a mapping of prices. Accepted: "
             f"a dict with some of {', '.join(ModelPrices.model_fields)}",
-            field=f"prices.{model}",
-            value=override,
-            accepted=tuple(ModelPrices.model_fields),
+            override,
         )
     unknown = sorted(set(override) - set(ModelPrices.model_fields))
     if unknown:
-        raise InvalidRequestError(
+        raise _price_error(
+            model,
             f"prices[{model!r}] has unknown fields {unknown}. Accepted: "
             f"{', '.join(ModelPrices.model_fields)}",
-            field=f"prices.{model}",
-            value=dict(override),
-            accepted=tuple(ModelPrices.model_fields),
+            dict(override),
         )
     merged = {**(base.model_dump() if base else {}), **override}
     missing = [name for name in _TOKEN_PRICES if name not in merged]
     if missing:
-        raise InvalidRequestError(
+        raise _price_error(
+            model,
             f"prices[{model!r}] is missing {', '.join(missing)}: {model} has no default prices, so "
             f"every field is needed. Accepted: a dict with {', '.join(_TOKEN_PRICES)}",
-            field=f"prices.{model}",
-            value=dict(override),
-            accepted=tuple(ModelPrices.model_fields),
+            dict(override),
         )
     try:
         prices = ModelPrices(**merged)

@@ -106,28 +106,17 @@ class EmulatorTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
         headers = [*response.headers, ("content-length", str(response.content_length))]
         extensions = {"http_version": b"HTTP/1.1"}
+        stream: httpx.SyncByteStream | httpx.AsyncByteStream
         if response.chunks is not None:
             stream = _ChunkedStream(response.chunks, response.content_length, response.fault)
-            return httpx.Response(
-                response.status,
-                headers=headers,
-                stream=stream,
-                request=request,
-                extensions=extensions,
-            )
-        if response.fault == "truncate":
+        elif response.fault == "truncate":
             stream = _TruncatedStream(response.body[: len(response.body) // 2], len(response.body))
-            return httpx.Response(
-                response.status,
-                headers=headers,
-                stream=stream,
-                request=request,
-                extensions=extensions,
-            )
+        else:
+            stream = httpx.ByteStream(response.body)
         return httpx.Response(
             response.status,
             headers=headers,
-            stream=httpx.ByteStream(response.body),
+            stream=stream,
             request=request,
             extensions=extensions,
         )
