@@ -200,18 +200,19 @@ class RateGovernor:
             self._grow_window()
             return
         shared = self._read(reading, now)
-        level, burst = self.level, self.burst
-        assert level is not None and burst is not None and self.limit_per_s is not None
+        level, burst, limit = self.level, self.burst, self.limit_per_s
+        if level is None or burst is None or limit is None:
+            return
         if level < LOW_WATER * burst:
             if shared:
                 self._cut(now, sent_at, self._current_rate(now))
             elif self.rate is not None:
                 # Alone and using what the bucket refills: the rate is the refill, not more.
-                self.rate = min(self.rate, 1.5 * self.limit_per_s)
+                self.rate = min(self.rate, 1.5 * limit)
             return
         self._grow_window()
         if self.rate is None:
-            self.rate = START_SHARE * self.limit_per_s
+            self.rate = START_SHARE * limit
             self.next_at = now
             self.last_grow = now
             return
@@ -220,7 +221,7 @@ class RateGovernor:
         if level >= HIGH_WATER * burst:
             self.rate *= 1 + rounds
         else:
-            self.rate += INCREASE_PER_ROUND * self.limit_per_s * rounds
+            self.rate += INCREASE_PER_ROUND * limit * rounds
         self.rate = min(self.rate, MAX_RATE_PER_S)
 
     def refused(

@@ -31,6 +31,7 @@ from dagster_gptimage._accounts import account_limiter
 from dagster_gptimage._billing import Tally
 from dagster_gptimage._exchange import Exchange
 from dagster_gptimage._loop import LoopThread
+from dagster_gptimage._ratelimit import RateLimitStats
 from dagster_gptimage.images import load_input_image
 from dagster_gptimage.models import (
     EditRequest,
@@ -40,7 +41,6 @@ from dagster_gptimage.models import (
     InputImage,
     Provider,
 )
-from dagster_gptimage._ratelimit import RateLimitStats
 from dagster_gptimage.pricing import PriceTable, estimate_cost
 from dagster_gptimage.settings import ClientSettings
 from dagster_gptimage.validation import validate_request

@@ -144,7 +144,8 @@ def test_without_headers_429s_shrink_the_window_and_successes_grow_it() -> None:
     for _ in range(7):
         governor.answered({}, sent_at=clock.now - 1)
     assert governor.in_flight == 0
-    assert governor.window is not None and governor.window > 4
+    assert governor.window is not None
+    assert governor.window > 4
 
 
 def simulate(
