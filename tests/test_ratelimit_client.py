@@ -280,3 +280,51 @@ async def test_rate_limit_waits_are_bounded_by_max_rate_limit_wait_s() -> None:
     assert info.value.cost_usd == 0
     assert emulator.stats.billed_images == 1
     await client.aclose()
+
+
+_CLIENT_PROCESS = """
+import asyncio, json, sys
+from dagster_gptimage.client import GPTImageClient
+
+async def main():
+    client = GPTImageClient(provider="emulator", base_url=sys.argv[1], max_concurrency=8)
+    results = await asyncio.gather(*(client.generate(f"p{i}") for i in range(int(sys.argv[2]))))
+    stats = client.rate_limit_stats()
+    print(json.dumps({"images": len(results), "answers_429": stats.answers_429,
+                      "billed": sum(r.possibly_billed_attempts for r in results)}))
+    await client.aclose()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_share_an_account_without_failing() -> None:
+    """Two processes, 8 requests in flight each, share 60 images/min (burst 4) on one emulator
+    server: every image is made once, and the 429s are few (a storm would be dozens)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dagster_gptimage.emulator import run_server_in_thread
+
+    emulator = Emulator(images_per_minute=60, images_burst=4, latency_s=0.2, require_auth=False)
+    root = Path(__file__).resolve().parents[1]
+    with run_server_in_thread(emulator) as base_url:
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CLIENT_PROCESS, base_url, "8"],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=root,
+            )
+            for _ in range(2)
+        ]
+        outputs = [child.communicate(timeout=120)[0] for child in children]
+    import json
+
+    reports = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    assert [r["images"] for r in reports] == [8, 8]
+    assert [r["billed"] for r in reports] == [8, 8]
+    assert emulator.stats.billed_images == 16
+    assert sum(r["answers_429"] for r in reports) == emulator.stats.rate_limited <= 4
