@@ -146,8 +146,9 @@ async def through_rate_limits(
             if on_wait is not None:
                 on_wait(wait)
             _log.debug(
-                "GPT image request refused by the provider's rate limit (429 #%d of this "
+                "GPT image request refused by the provider's rate limit (%s; 429 #%d of this "
                 "request); sending again in %.3gs",
+                failed.error,
                 tally.rate_limited,
                 wait,
                 extra={"gptimage_wait_s": wait, "gptimage_error": type(failed.error).__name__},
