@@ -5,6 +5,7 @@ The public API is what this module exports; every other module is an implementat
 
 from dagster_shared.libraries import DagsterLibraryRegistry
 
+from dagster_gptimage._ratelimit import RateLimitStats
 from dagster_gptimage.assets import (
     IMAGE_CHECK_NAME,
     ImageAssetConfig,
@@ -100,6 +101,7 @@ __all__ = [
     "ProviderError",
     "QuotaExceededError",
     "RateLimitError",
+    "RateLimitStats",
     "RequestDefaults",
     "SourceImage",
     "Usage",

@@ -29,6 +29,12 @@ class Tally:
     confirmed_cost_usd: float = 0.0
     started: float | None = None
     request_id: str | None = None
+    rate_limited: int = 0
+    """Attempts the provider refused with a rate-limit 429 (never billed, not retries)."""
+    rate_limit_wait_s: float = 0.0
+    """Time spent waiting for the rate limit, before sending and after 429s."""
+    pause: int = -1
+    """The account pause this call's last 429 started (it waits that one out itself)."""
 
     def elapsed(self) -> float:
         return 0.0 if self.started is None else time.monotonic() - self.started
@@ -61,4 +67,6 @@ class Tally:
         error.attempts = self.attempts
         error.possibly_billed_attempts = self.billed_failures
         error.cost_usd = self.cost_usd
+        error.rate_limited_attempts = self.rate_limited
+        error.rate_limit_wait_s = self.rate_limit_wait_s
         return error

@@ -16,7 +16,7 @@ from dagster_gptimage import _providers as providers
 from dagster_gptimage import _responses, _retry, _transport
 from dagster_gptimage._billing import Tally
 from dagster_gptimage._downloads import Downloader
-from dagster_gptimage.errors import GPTImageError
+from dagster_gptimage.errors import GPTImageError, RateLimitError
 from dagster_gptimage.models import EditRequest, ImageRequest, ImageResult
 from dagster_gptimage.pricing import PriceTable
 from dagster_gptimage.settings import ClientSettings
@@ -64,6 +64,7 @@ class Exchange:
         tally: Tally,
         estimate: float,
         body_slot: contextlib.AsyncExitStack,
+        gate: _transport.Gate,
     ) -> ImageResult:
         """One HTTP attempt; its response is read and processed in a body slot (``BODY_SLOTS``)
         that ``body_slot`` releases when the attempt is over. Failures raise
@@ -82,15 +83,27 @@ class Exchange:
             )
 
         headers = {**self.headers, **providers.auth_headers(self.provider)}
-        status, answer_headers, body = await _transport.send(
-            state, prepared, headers, request.n, tally, failure, body_slot
+        status, answer_headers, body, ticket = await _transport.send(
+            state, prepared, headers, request.n, tally, failure, body_slot, gate
         )
         tally.request_id = providers.request_id_from(answer_headers, s.provider) or tally.request_id
-        if not 200 <= status < 300:
+        if 200 <= status < 300:
+            gate.account.answered(ticket, answer_headers)
+        else:
             error = providers.error_from_response(status, answer_headers, body, s.provider)
-            raise _retry.answer_failure(
+            verdict = _retry.answer_failure(
                 self.scrubbed(error), answer_headers, max_retry_wait_s=s.max_retry_wait_s
             )
+            if isinstance(error, RateLimitError) and verdict.retry:
+                tally.rate_limited += 1
+                tally.pause, wait = gate.account.refused(ticket, answer_headers, verdict.wait_s)
+                raise _retry.AttemptFailed(error, retry=True, wait_s=wait, rate_limited=True)
+            if isinstance(error, RateLimitError):
+                tally.rate_limited += 1
+                gate.account.refused(ticket, answer_headers, None)
+            else:
+                gate.account.answered(ticket, answer_headers)
+            raise verdict
         downloads = Downloader(state.http, s.max_download_bytes, s.allow_insecure_downloads)
         answer = _responses.Answer(request, status, tally, estimate)
         return await _responses.read_result(answer, body, self.prices, s.provider, downloads)

@@ -95,6 +95,8 @@ async def read_result(
         model=request.model,
         provider=provider,
         created=parsed.created,
+        rate_limited_attempts=tally.rate_limited,
+        rate_limit_wait_s=tally.rate_limit_wait_s,
     )
 
 

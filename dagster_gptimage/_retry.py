@@ -8,8 +8,10 @@ the request got, because only that tells whether it may have been billed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import httpx
 import stamina
@@ -23,10 +25,12 @@ __all__ = [
     "answer_failure",
     "attempts",
     "retry_hook",
+    "through_rate_limits",
     "transport_failure",
 ]
 
 _log = logging.getLogger("dagster_gptimage.client")
+_T = TypeVar("_T")
 
 _WAIT_INITIAL_S = 0.5
 _WAIT_MAX_S = 8.0
@@ -47,11 +51,19 @@ _FINAL_TRANSPORT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.P
 class AttemptFailed(Exception):
     """One failed attempt and the verdict on retrying it (read by the stamina hook)."""
 
-    def __init__(self, error: GPTImageError, *, retry: bool, wait_s: float | None = None) -> None:
+    def __init__(
+        self,
+        error: GPTImageError,
+        *,
+        retry: bool,
+        wait_s: float | None = None,
+        rate_limited: bool = False,
+    ) -> None:
         super().__init__(str(error))
         self.error = error
         self.retry = retry
         self.wait_s = wait_s
+        self.rate_limited = rate_limited
 
     def __repr__(self) -> str:
         return f"{type(self.error).__name__}({self.error})"
@@ -59,7 +71,7 @@ class AttemptFailed(Exception):
 
 def attempts(
     on: type[Exception] | Callable[[Exception], bool | float],
-    count: int,
+    count: int | None,
     *,
     wait_jitter: float | None = None,
 ) -> AsyncIterator[stamina.Attempt]:
@@ -77,12 +89,13 @@ def attempts(
 
 def retry_hook(tally: Tally, max_attempts: int) -> Callable[[Exception], bool | float]:
     """stamina's ``on``: retry an attempt whose verdict says so, after the wait it names (else
-    stamina's backoff), while attempts remain; log each retry."""
+    stamina's backoff), while attempts remain; log each retry. Attempts refused by the rate
+    limit (see :func:`through_rate_limits`) do not count against ``max_attempts``."""
 
     def hook(exc: Exception) -> bool | float:
         if not isinstance(exc, AttemptFailed) or not exc.retry:
             return False
-        if tally.attempts >= max_attempts:
+        if tally.attempts - tally.rate_limited >= max_attempts:
             return False
         _log.warning(
             "GPT image request attempt %d/%d failed (%s); retrying %s",
@@ -99,6 +112,49 @@ def retry_hook(tally: Tally, max_attempts: int) -> Callable[[Exception], bool | 
         return True if exc.wait_s is None else exc.wait_s
 
     return hook
+
+
+async def through_rate_limits(
+    attempt: Callable[[], Awaitable[_T]],
+    tally: Tally,
+    *,
+    max_wait_s: float,
+    on_wait: Callable[[float], None] | None = None,
+) -> _T:
+    """``attempt()`` again after every rate-limit 429, waiting what the account's governor says,
+    while the call's rate-limit waits stay within ``max_wait_s``: a 429 is not a failure to spend
+    ``max_retries`` on. Each wait is logged at debug level (the account logs a summary); stamina's
+    test mode zeroes these waits like every other backoff."""
+    while True:
+        try:
+            return await attempt()
+        except AttemptFailed as failed:
+            if not (failed.retry and failed.rate_limited):
+                raise
+            wait = failed.wait_s or 0.0
+            if tally.rate_limit_wait_s + wait > max_wait_s:
+                error = failed.error
+                error.message = (
+                    f"{error.message} — gave up: waiting {wait:.3g}s more for the provider's "
+                    f"rate limit would exceed max_rate_limit_wait_s={max_wait_s:g} for this "
+                    f"request ({tally.rate_limit_wait_s:.0f}s waited, {tally.rate_limited} "
+                    "answer(s) 429)"
+                )
+                error.args = (error.message,)
+                raise AttemptFailed(error, retry=False) from None
+            tally.rate_limit_wait_s += wait
+            if on_wait is not None:
+                on_wait(wait)
+            _log.debug(
+                "GPT image request refused by the provider's rate limit (%s; 429 #%d of this "
+                "request); sending again in %.3gs",
+                failed.error,
+                tally.rate_limited,
+                wait,
+                extra={"gptimage_wait_s": wait, "gptimage_error": type(failed.error).__name__},
+            )
+            if not stamina.is_testing():
+                await asyncio.sleep(wait)
 
 
 def answer_failure(

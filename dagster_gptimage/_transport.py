@@ -20,7 +20,9 @@ from aiolimiter import AsyncLimiter
 
 from dagster_gptimage import _providers as providers
 from dagster_gptimage import _retry
+from dagster_gptimage._accounts import AccountLimiter, Ticket
 from dagster_gptimage._billing import Tally
+from dagster_gptimage.errors import RateLimitError
 
 __all__ = ["BODY_SLOTS", "LoopPools", "LoopState", "PoolSettings", "Prepared", "send"]
 
@@ -140,6 +142,14 @@ class LoopPools:
                 task.add_done_callback(self._closing.discard)
 
 
+@dataclass(frozen=True)
+class Gate:
+    """The account's rate-limit governor and how long one call may wait for it in all."""
+
+    account: AccountLimiter
+    max_wait_s: float
+
+
 async def send(
     state: LoopState,
     prepared: Prepared,
@@ -148,13 +158,17 @@ async def send(
     tally: Tally,
     failure: Callable[[httpx.TransportError, bool], _retry.AttemptFailed],
     body_slot: contextlib.AsyncExitStack,
-) -> tuple[int, httpx.Headers, bytes]:
-    """One HTTP exchange under the concurrency bound and rate limit (``images`` long); a transport
-    failure becomes ``failure(exc, sent)``, ``sent`` telling whether the server may have started
-    generating. The body is read once a body slot is free (held in ``body_slot``)."""
+    gate: Gate,
+) -> tuple[int, httpx.Headers, bytes, Ticket]:
+    """One HTTP exchange under the concurrency bound, the explicit cap and the account's
+    rate-limit governor (``images`` long); a transport failure becomes ``failure(exc, sent)``,
+    ``sent`` telling whether the server may have started generating. The body is read once a body
+    slot is free (held in ``body_slot``). The caller reports the answer on the returned ticket."""
     async with state.semaphore:
         if state.limiter is not None:
             await state.limiter.acquire(min(float(images), state.limiter.max_rate))
+        await _pass_gate(gate, images, tally)
+        ticket = gate.account.ticket(images)
         tally.start_attempt()
         http_request = state.http.build_request(
             "POST",
@@ -166,13 +180,40 @@ async def send(
         )
         try:
             response = await state.http.send(http_request, stream=True)
-        except httpx.TransportError as exc:
-            raise failure(exc, True) from None
+        except BaseException as exc:
+            gate.account.abandoned(ticket)
+            if isinstance(exc, httpx.TransportError):
+                raise failure(exc, True) from None
+            raise
         try:
             await body_slot.enter_async_context(state.bodies)
             body = await response.aread()
-        except httpx.TransportError as exc:
-            raise failure(exc, response.is_success) from None
+        except BaseException as exc:
+            gate.account.abandoned(ticket)
+            if isinstance(exc, httpx.TransportError):
+                raise failure(exc, response.is_success) from None
+            raise
         finally:
             await response.aclose()
-        return response.status_code, response.headers, body
+        return response.status_code, response.headers, body, ticket
+
+
+async def _pass_gate(gate: Gate, images: int, tally: Tally) -> None:
+    """Wait for the account's governor, within what is left of the call's rate-limit budget."""
+    budget = gate.max_wait_s - tally.rate_limit_wait_s
+    try:
+        waited = await gate.account.acquire(images, budget_s=budget, exempt_pause=tally.pause)
+    except TimeoutError as exc:
+        wait = float(exc.args[0]) if exc.args else budget
+        tally.rate_limit_wait_s += max(0.0, min(wait, budget))
+        raise _retry.AttemptFailed(
+            RateLimitError(
+                f"gave up waiting for the provider's rate limit: this request would have waited "
+                f"{tally.rate_limit_wait_s + max(0.0, wait - budget):.0f}s in all, more than "
+                f"max_rate_limit_wait_s={gate.max_wait_s:g} (raise it, or lower the load on "
+                "this account)",
+                code="rate_limit_wait_exceeded",
+            ),
+            retry=False,
+        ) from None
+    tally.rate_limit_wait_s += waited

@@ -27,9 +27,11 @@ from pydantic import ValidationError
 
 from dagster_gptimage import _providers as providers
 from dagster_gptimage import _retry, _transport
+from dagster_gptimage._accounts import account_limiter
 from dagster_gptimage._billing import Tally
 from dagster_gptimage._exchange import Exchange
 from dagster_gptimage._loop import LoopThread
+from dagster_gptimage._ratelimit import RateLimitStats
 from dagster_gptimage.images import load_input_image
 from dagster_gptimage.models import (
     EditRequest,
@@ -69,7 +71,10 @@ class GPTImageClient:
     it talks HTTP to an emulator server, e.g. ``python -m dagster_gptimage.emulator``.
 
     ``max_concurrency`` bounds requests in flight (per event loop), ``images_per_minute`` adds a
-    leaky-bucket rate limit, ``max_retries`` counts retries after the first attempt.
+    leaky-bucket rate limit, ``max_retries`` counts retries after the first attempt. The
+    provider's own rate limit is learned from its answers (``x-ratelimit-*`` headers and 429s) and
+    shared by every client of the process using the same account: requests are paced to it, and a
+    429 waits (up to ``max_rate_limit_wait_s`` per request) instead of using a retry.
     ``retry_on_timeout`` is off by default because a timed-out request may still have generated,
     and billed, its image. Results and errors report attempts, possibly billed attempts and cost.
     """
@@ -105,6 +110,12 @@ class GPTImageClient:
             if self._emulator is None:
                 self._emulator = get_emulator(s.emulator_name, **(s.emulator_options or {}))
             transport = EmulatorTransport(self._emulator)
+        # The provider limits the account, not this client: one governor per account and process.
+        local = self._emulator if self._emulator is not None and in_process else transport
+        self._gate = _transport.Gate(
+            account_limiter(self._settings.base_url, self._settings.api_key, local),
+            s.max_rate_limit_wait_s,
+        )
         self._pools = _transport.LoopPools(
             _transport.PoolSettings(
                 transport=transport,
@@ -156,6 +167,16 @@ class GPTImageClient:
     @property
     def images_per_minute(self) -> float | None:
         return self.settings.images_per_minute
+
+    @property
+    def max_rate_limit_wait_s(self) -> float:
+        return self.settings.max_rate_limit_wait_s
+
+    def rate_limit_stats(self) -> RateLimitStats:
+        """What the provider's rate limit has done so far to this process's requests to this
+        client's account (all clients of the process on that account count): 429 answers, time
+        waited, requests sent, the limit learned and the current pace."""
+        return self._gate.account.stats()
 
     @property
     def max_download_bytes(self) -> int:
@@ -246,16 +267,24 @@ class GPTImageClient:
         prepared = self._exchange.prepare(request)
         state = self._state()
         tally = Tally()
-        max_attempts = self.max_retries + 1
+        gate = self._gate
+
+        async def once() -> ImageResult:
+            async with contextlib.AsyncExitStack() as body_slot:
+                return await self._exchange.attempt(
+                    state, request, prepared, tally, estimate, body_slot, gate
+                )
+
+        hook = _retry.retry_hook(tally, self.max_retries + 1)
         try:
-            async for attempt in _retry.attempts(
-                _retry.retry_hook(tally, max_attempts), max_attempts
-            ):
+            async for attempt in _retry.attempts(hook, None):
                 with attempt:
-                    async with contextlib.AsyncExitStack() as body_slot:
-                        return await self._exchange.attempt(
-                            state, request, prepared, tally, estimate, body_slot
-                        )
+                    return await _retry.through_rate_limits(
+                        once,
+                        tally,
+                        max_wait_s=gate.max_wait_s,
+                        on_wait=gate.account.waited_after_429,
+                    )
         except _retry.AttemptFailed as failed:
             raise tally.charge(self._exchange.scrubbed(failed.error), self.provider) from None
         raise AssertionError("unreachable: stamina yields at least one attempt")

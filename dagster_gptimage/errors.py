@@ -74,7 +74,9 @@ class GPTImageError(Exception):
     Attributes: ``message``, ``status_code`` (HTTP status, None for local errors), ``code`` (provider
     error code), ``param`` (the request field the provider blamed), ``request_id``, ``provider``,
     ``attempts`` (HTTP attempts made, 0 if none), ``possibly_billed_attempts`` and ``cost_usd`` (the
-    estimated spend of those attempts: a failure can still cost money).
+    estimated spend of those attempts: a failure can still cost money), ``rate_limited_attempts``
+    (of the attempts, those refused with a rate-limit 429: never billed) and ``rate_limit_wait_s``
+    (time the call waited for the provider's rate limit).
     """
 
     def __init__(
@@ -89,6 +91,8 @@ class GPTImageError(Exception):
         attempts: int = 0,
         possibly_billed_attempts: int = 0,
         cost_usd: float = 0.0,
+        rate_limited_attempts: int = 0,
+        rate_limit_wait_s: float = 0.0,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -100,6 +104,8 @@ class GPTImageError(Exception):
         self.attempts = attempts
         self.possibly_billed_attempts = possibly_billed_attempts
         self.cost_usd = cost_usd
+        self.rate_limited_attempts = rate_limited_attempts
+        self.rate_limit_wait_s = rate_limit_wait_s
 
     def _details(self) -> list[str]:
         details = []
@@ -168,7 +174,8 @@ class QuotaExceededError(GPTImageError):
 
 
 class RateLimitError(GPTImageError):
-    """429 rate limit still hit after every retry."""
+    """429 rate limit: the provider asked to wait longer than ``max_retry_wait_s``, or the call
+    waited ``max_rate_limit_wait_s`` in all for the account's rate limit."""
 
 
 class ProviderError(GPTImageError):

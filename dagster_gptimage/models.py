@@ -537,7 +537,9 @@ class ImageResult(BaseModel):
 
     ``cost_usd`` is the usage cost plus an estimate for every other attempt that may have been billed;
     ``unconfirmed_cost_usd`` is that estimated part. ``possibly_billed_attempts`` includes the
-    successful one.
+    successful one. ``rate_limited_attempts`` counts the attempts the provider refused with a
+    rate-limit 429 (included in ``attempts``, never billed) and ``rate_limit_wait_s`` the time the
+    request waited for the provider's rate limit (pacing before sending and waits after 429s).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -553,3 +555,5 @@ class ImageResult(BaseModel):
     model: str
     provider: Provider
     created: int | None = None
+    rate_limited_attempts: int = 0
+    rate_limit_wait_s: float = 0.0

@@ -47,9 +47,18 @@ class ClientOptions(BaseModel):
         default=120.0,
         description="Give up instead of waiting longer than this when told to (retry-after).",
     )
+    max_rate_limit_wait_s: float = Field(
+        default=1800.0,
+        ge=0,
+        description="Most time one request waits, in all, for the provider's rate limit (pacing "
+        "and 429s, which do not use max_retries) before failing with RateLimitError.",
+    )
     max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once.")
     images_per_minute: float | None = Field(
-        default=None, gt=0, description="Optional rate limit, in images per minute."
+        default=None,
+        gt=0,
+        description="Optional cap, in images per minute, on top of the limit the client learns "
+        "from the provider's answers.",
     )
     prices: dict[str, dict[str, float]] | None = Field(
         default=None,

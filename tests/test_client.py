@@ -212,7 +212,7 @@ async def test_server_errors_are_retried_and_not_billed(caplog: pytest.LogCaptur
 
 
 async def test_retry_after_ms_is_honoured(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="dagster_gptimage.client")
+    caplog.set_level(logging.DEBUG, logger="dagster_gptimage.client")
     transport = Scripted(
         fail(429, "rate_limit_exceeded", headers={"retry-after-ms": "2500", "retry-after": "9"}),
         fail(429, "rate_limit_exceeded", headers={"retry-after": "7"}),
@@ -250,7 +250,11 @@ async def test_retries_exhausted_raise_with_counts() -> None:
 
 
 async def test_rate_limit_exhausted_is_rate_limit_error() -> None:
-    client = make_client(Scripted(fail(429, "rate_limit_exceeded")), max_retries=1)
+    # A 429 does not use max_retries: the call waits for the rate limit within
+    # max_rate_limit_wait_s (1.5 s: one default 1 s wait after a 429 without retry-after).
+    client = make_client(
+        Scripted(fail(429, "rate_limit_exceeded")), max_retries=1, max_rate_limit_wait_s=1.5
+    )
     with pytest.raises(RateLimitError) as info:
         await client.generate("p")
     assert info.value.attempts == 2

@@ -148,7 +148,7 @@ async def test_moderation_word_blocks_without_billing() -> None:
 async def test_rate_limit_retry_after_from_the_emulator_is_honoured(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="dagster_gptimage.client")
+    caplog.set_level(logging.DEBUG, logger="dagster_gptimage.client")
     emulator = Emulator(retry_after_s=3.25)
     emulator.script(["429", "ok"])
     client = emulated(emulator)

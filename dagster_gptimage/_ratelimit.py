@@ -1,0 +1,352 @@
+"""Adapting to the provider's rate limit: when to send, learned from the provider's answers.
+
+Pure logic on a clock the caller passes in (no I/O, no sleeping), so tests move time by hand.
+
+The provider account is a token bucket shared by every process that uses the key: it refills at
+``x-ratelimit-limit-requests`` images a minute, holds at most a burst, and says after each answer
+how much is left (``x-ratelimit-remaining-requests``) and how long until it is full again
+(``x-ratelimit-reset-requests``). A :class:`RateGovernor` reads those figures and:
+
+- **paces** its process with AIMD on the sending rate: while the shared bucket stays above half,
+  the rate grows fast; between a quarter and a half it grows slowly (additively); below a quarter
+  (or on a 429) it is halved, at most once per round trip. Every process sees the same bucket, so
+  several processes converge on their shares of the limit without talking to each other;
+- **guards** each send with its own estimate of the bucket (the last reading, refilled since,
+  minus what this process sent since): it never sends what it knows cannot be admitted;
+- **bounds requests in flight** with AIMD on a window when the provider answers 429 without
+  rate-limit headers (and probes with one request until the first answer tells what the account
+  is like);
+- **pauses** every request for the ``retry-after`` of a 429.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "LimitReading",
+    "RateGovernor",
+    "RateLimitStats",
+    "parse_duration",
+    "read_limit_headers",
+]
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+LOW_WATER = 0.25
+"""Below this fraction of the burst, the shared bucket is about to run dry: slow down."""
+HIGH_WATER = 0.5
+"""Above this fraction, capacity is going unused: speed up quickly."""
+DECREASE = 0.5
+"""Multiplicative decrease of the rate (and the window) on congestion."""
+START_SHARE = 0.5
+"""The first paced rate, as a share of the account's limit (other processes may share it)."""
+INCREASE_PER_ROUND = 0.05
+"""Additive increase per round trip, as a share of the account's limit."""
+JITTER = 0.2
+"""Pacing intervals vary by up to this fraction, so processes do not send in lockstep."""
+MAX_RATE_PER_S = 1000.0
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in OpenAI's ``x-ratelimit-reset-*`` form (``120ms``, ``1s``, ``6m0s``, ``1h2m3s``)
+    or a bare number of seconds; None when unreadable."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        return value if math.isfinite(value) and value >= 0 else None
+    total, position = 0.0, 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            return None
+        total += float(match.group(1)) * _UNIT_S[match.group(2)]
+        position = match.end()
+    return total if position == len(text) else None
+
+
+@dataclass(frozen=True)
+class LimitReading:
+    """The account's request (image) bucket as one answer described it."""
+
+    per_minute: float
+    remaining: float | None
+    reset_s: float | None
+
+    @property
+    def per_s(self) -> float:
+        return self.per_minute / 60.0
+
+
+def read_limit_headers(headers: Mapping[str, str]) -> LimitReading | None:
+    """The ``x-ratelimit-*-requests`` trio of an answer (image models count images there)."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    try:
+        per_minute = float(lowered.get("x-ratelimit-limit-requests", ""))
+    except ValueError:
+        return None
+    if not math.isfinite(per_minute) or per_minute <= 0:
+        return None
+    remaining: float | None
+    try:
+        remaining = float(lowered.get("x-ratelimit-remaining-requests", ""))
+    except ValueError:
+        remaining = None
+    if remaining is not None and not (math.isfinite(remaining) and remaining >= 0):
+        remaining = None
+    reset = parse_duration(lowered.get("x-ratelimit-reset-requests", ""))
+    return LimitReading(per_minute, remaining, reset)
+
+
+@dataclass(frozen=True)
+class RateLimitStats:
+    """What the provider's rate limit did to this process's requests to one account.
+
+    ``answers_429``: rate-limit refusals received (never billed). ``wait_s``: total time requests
+    spent waiting for the rate limit (before sending, and after a 429), summed over requests, so
+    it can exceed wall time. ``sent``: requests sent. ``limit_per_minute``: the account's limit
+    as last reported (None: never reported). ``pace_per_minute``: this process's current pace
+    (None: not pacing).
+    """
+
+    answers_429: int = 0
+    wait_s: float = 0.0
+    sent: int = 0
+    limit_per_minute: float | None = None
+    pace_per_minute: float | None = None
+
+
+class RateGovernor:
+    """When this process may send its next request to one provider account.
+
+    Call :meth:`delay` before sending (0 means now, and the caller must then call :meth:`start`),
+    :meth:`answered` with every answer's headers, :meth:`refused` for a rate-limit 429 and
+    :meth:`abandoned` when no answer came. Not thread-safe: the caller holds a lock.
+    """
+
+    def __init__(
+        self, *, clock: Callable[[], float], rng: Callable[[], float] = random.random
+    ) -> None:
+        self._clock = clock
+        self._rng = rng
+        self.limit_per_s: float | None = None
+        self.burst: float | None = None
+        self.level: float | None = None
+        self.level_at = 0.0
+        self.sent_since_reading = 0.0
+        self.rate: float | None = None
+        self.next_at = 0.0
+        self.window: float | None = None
+        self.in_flight = 0
+        self.probing = True
+        self.paused_until = 0.0
+        self.pause_id = 0
+        self.last_cut = -math.inf
+        self.last_grow = 0.0
+        self.last_start = -math.inf
+        self.round_trip_s = 1.0
+        self.answers_429 = 0
+        self.wait_s = 0.0
+        self.sent = 0
+
+    # --- the decision ---------------------------------------------------------------------------
+
+    def delay(self, images: int = 1, *, exempt_pause: int = -1) -> float:
+        """Seconds until a request of ``images`` may be sent (0: now). ``exempt_pause``: the pause
+        this request already waited out itself (it got the 429 that started it)."""
+        now = self._clock()
+        waits = [0.0]
+        if self.paused_until > now and self.pause_id != exempt_pause:
+            waits.append(self.paused_until - now)
+        if self.probing and self.in_flight > 0:
+            waits.append(self._poll_s())
+        if self.window is not None and self.in_flight >= max(1, math.floor(self.window)):
+            waits.append(self._poll_s())
+        if self.rate is not None and self.next_at > now:
+            waits.append(self.next_at - now)
+        waits.append(self._guard_wait(images, now))
+        return max(waits)
+
+    def start(self, images: int = 1) -> None:
+        """A request of ``images`` is being sent now."""
+        now = self._clock()
+        self.in_flight += 1
+        self.sent += 1
+        self.last_start = now
+        self.sent_since_reading += images
+        if self.rate is not None:
+            spacing = images / self.rate * (1 + JITTER * (2 * self._rng() - 1))
+            self.next_at = max(now, self.next_at) + spacing
+
+    def waited(self, seconds: float) -> None:
+        self.wait_s += max(0.0, seconds)
+
+    # --- what the answers say -------------------------------------------------------------------
+
+    def answered(self, headers: Mapping[str, str], *, sent_at: float) -> None:
+        """An answer (any status but a rate-limit 429) to a request sent at ``sent_at``."""
+        now = self._clock()
+        self._finish(now, sent_at)
+        reading = read_limit_headers(headers)
+        if reading is None:
+            self._grow_window()
+            return
+        shared = self._read(reading, now)
+        level, burst, limit = self.level, self.burst, self.limit_per_s
+        if level is None or burst is None or limit is None:
+            return
+        if level < LOW_WATER * burst:
+            if shared:
+                self._cut(now, sent_at, self._current_rate(now))
+            elif self.rate is not None:
+                # Alone and using what the bucket refills: the rate is the refill, not more.
+                self.rate = min(self.rate, 1.5 * limit)
+            return
+        self._grow_window()
+        if self.rate is None:
+            self.rate = START_SHARE * limit
+            self.next_at = now
+            self.last_grow = now
+            return
+        rounds = min(1.0, max(0.0, now - self.last_grow) / max(self.round_trip_s, 1e-3))
+        self.last_grow = now
+        if level >= HIGH_WATER * burst:
+            self.rate *= 1 + rounds
+        else:
+            self.rate += INCREASE_PER_ROUND * limit * rounds
+        self.rate = min(self.rate, MAX_RATE_PER_S)
+
+    def refused(
+        self, headers: Mapping[str, str], retry_after_s: float | None, *, sent_at: float
+    ) -> tuple[int, float]:
+        """A rate-limit 429 to a request sent at ``sent_at``: the pause it starts (its id, to
+        exempt the refused request that waits it out itself) and how long that request waits."""
+        now = self._clock()
+        self._finish(now, sent_at)
+        self.answers_429 += 1
+        reading = read_limit_headers(headers)
+        if reading is not None:
+            self._read(reading, now)
+        in_flight = self.in_flight + 1
+        self._cut(now, sent_at, self._current_rate(now), in_flight=in_flight)
+        wait = retry_after_s if retry_after_s is not None else self._default_wait()
+        until = now + wait
+        if until > self.paused_until:
+            self.paused_until = until
+            self.pause_id += 1
+        return self.pause_id, wait
+
+    def abandoned(self, *, sent_at: float) -> None:
+        """No answer came (a transport failure): the request is no longer in flight."""
+        self._finish(self._clock(), sent_at)
+
+    def stats(self) -> RateLimitStats:
+        return RateLimitStats(
+            answers_429=self.answers_429,
+            wait_s=self.wait_s,
+            sent=self.sent,
+            limit_per_minute=None if self.limit_per_s is None else self.limit_per_s * 60,
+            pace_per_minute=None if self.rate is None else self.rate * 60,
+        )
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _finish(self, now: float, sent_at: float) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        self.probing = False
+        if now > sent_at:
+            self.round_trip_s += 0.2 * (now - sent_at - self.round_trip_s)
+
+    def _read(self, reading: LimitReading, now: float) -> bool:
+        """Learn the account's rate, burst and current level from one answer; True when the
+        bucket holds less than this process alone would have left (someone else is using it)."""
+        rate = reading.per_s
+        if self.limit_per_s is not None and abs(rate - self.limit_per_s) > 1e-9:
+            self.burst = None  # a new tier: learn its burst again
+            if self.rate is not None:
+                self.rate *= rate / self.limit_per_s
+        self.limit_per_s = rate
+        remaining = reading.remaining
+        reset = reading.reset_s
+        if remaining is None:
+            return True
+        predicted = self._estimate(now)
+        if reset is not None:
+            implied_burst = remaining + reset * rate
+            self.burst = max(self.burst or 0.0, implied_burst, 1.0)
+            level = max(remaining, self.burst - reset * rate)
+        else:
+            self.burst = max(self.burst or 0.0, remaining, 1.0)
+            level = remaining
+        self.level = min(level, self.burst)
+        self.level_at = now
+        self.sent_since_reading = 0.0
+        return predicted is None or self.level < predicted - 0.5
+
+    def _cut(
+        self, now: float, sent_at: float, current: float | None, *, in_flight: int | None = None
+    ) -> None:
+        """Multiplicative decrease, once per congestion event: answers to requests sent before
+        the last cut describe the past."""
+        if sent_at < self.last_cut:
+            return
+        self.last_cut = now
+        self.last_grow = now
+        if self.limit_per_s is not None:
+            base = current if self.rate is None else min(self.rate, current or self.rate)
+            floor = self.limit_per_s / 1000
+            self.rate = max(floor, DECREASE * (base if base else START_SHARE * self.limit_per_s))
+            self.next_at = max(self.next_at, now, self.last_start + 1 / self.rate)
+        if in_flight is not None or self.limit_per_s is None:
+            flying = in_flight if in_flight is not None else self.in_flight + 1
+            self.window = max(1.0, DECREASE * min(self.window or flying, flying))
+
+    def _grow_window(self) -> None:
+        if self.window is None:
+            return
+        self.window += 1 / self.window
+        if self.window >= 64:
+            self.window = None
+
+    def _current_rate(self, now: float) -> float | None:
+        """The rate this process is sending at: its pace, else what it has in flight per round."""
+        if self.rate is not None:
+            return self.rate
+        flying = self.in_flight + 1
+        return flying / max(self.round_trip_s, 1e-3)
+
+    def _guard_wait(self, images: int, now: float) -> float:
+        """Time until the bucket, as this process last saw it and has used it since, holds
+        ``images`` (other processes may take tokens too; pacing handles them)."""
+        estimate = self._estimate(now)
+        if estimate is None or self.limit_per_s is None or self.burst is None:
+            return 0.0
+        missing = min(float(images), self.burst) - estimate
+        if missing <= 1e-9:
+            return 0.0
+        # Every process computes the same refill time: spread them over a token's time.
+        return (missing + JITTER * self._rng()) / self.limit_per_s
+
+    def _estimate(self, now: float) -> float | None:
+        """The bucket's level now if only this process had used it since the last reading."""
+        if self.level is None or self.limit_per_s is None or self.burst is None:
+            return None
+        refilled = min(self.burst, self.level + (now - self.level_at) * self.limit_per_s)
+        return refilled - self.sent_since_reading
+
+    def _default_wait(self) -> float:
+        """A 429 without ``retry-after``: one token's time if the rate is known, else a second."""
+        if self.limit_per_s:
+            return min(60.0, 1.0 / self.limit_per_s)
+        return 1.0
+
+    def _poll_s(self) -> float:
+        return min(0.05, max(0.005, self.round_trip_s / 20))

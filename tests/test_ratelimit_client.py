@@ -1,0 +1,330 @@
+"""The client's rate-limit governor: pure logic on a fake clock, then the client on the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+from typing import Any
+
+import pytest
+
+from dagster_gptimage._ratelimit import RateGovernor, parse_duration, read_limit_headers
+from dagster_gptimage.client import GPTImageClient
+from dagster_gptimage.emulator import Emulator
+from dagster_gptimage.emulator._ratelimit import AccountLimits, retry_after_headers
+from dagster_gptimage.errors import RateLimitError
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def headers(limit: float, remaining: float, reset: str) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit-requests": str(limit),
+        "x-ratelimit-remaining-requests": str(remaining),
+        "x-ratelimit-reset-requests": reset,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("120ms", 0.12), ("1s", 1.0), ("7.5s", 7.5), ("6m0s", 360.0), ("1h2m3s", 3723.0), ("2", 2.0)],
+)
+def test_reset_durations_in_openai_form(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5x", "-1", "1s2"])
+def test_unreadable_durations(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+def test_limit_headers_are_read_case_insensitively() -> None:
+    reading = read_limit_headers({"X-RateLimit-Limit-Requests": "240", "x-ratelimit-remaining-requests": "7", "x-ratelimit-reset-requests": "3.25s"})  # fmt: skip
+    assert reading is not None
+    assert (reading.per_minute, reading.remaining, reading.reset_s) == (240, 7, 3.25)
+    assert read_limit_headers({"x-ratelimit-limit-requests": "lots"}) is None
+    assert read_limit_headers({}) is None
+
+
+def test_probe_with_one_request_until_the_first_answer() -> None:
+    clock = FakeClock()
+    governor = RateGovernor(clock=clock)
+    assert governor.delay() == 0
+    governor.start()
+    assert governor.delay() > 0  # a second request waits for the first answer
+    governor.answered({}, sent_at=clock.now)
+    assert governor.delay() == 0  # no limit reported: nothing to pace
+
+
+def test_pacing_from_headers() -> None:
+    clock = FakeClock()
+    governor = RateGovernor(clock=clock, rng=lambda: 0.5)
+    governor.start()
+    clock.now += 1
+    # 60 images/min, 9 left, full again in 1 s: burst 10, plenty left.
+    governor.answered(headers(60, 9, "1s"), sent_at=clock.now - 1)
+    assert governor.burst == pytest.approx(10)
+    assert governor.limit_per_s == pytest.approx(1)
+    assert governor.rate == pytest.approx(0.5)  # a first share: others may use the account
+    assert governor.delay() == 0
+    governor.start()
+    assert governor.delay() == pytest.approx(2.0)
+    clock.now += 2.0
+    assert governor.delay() == 0
+
+
+def test_guard_never_sends_what_the_bucket_cannot_hold() -> None:
+    clock = FakeClock()
+    governor = RateGovernor(clock=clock, rng=lambda: 0.0)
+    governor.start()
+    clock.now += 1
+    governor.answered(headers(60, 9, "1s"), sent_at=clock.now - 1)
+    governor.rate = None  # pacing out of the way
+    for _ in range(9):
+        assert governor.delay() == 0
+        governor.start()
+    # Nine images taken from a level of 9: the next one is refilled in 1 s.
+    assert governor.delay() == pytest.approx(1.0)
+
+
+def test_429_pauses_everyone_but_the_refused_request_and_cuts_the_rate() -> None:
+    clock = FakeClock()
+    governor = RateGovernor(clock=clock, rng=lambda: 0.5)
+    governor.start()
+    clock.now += 1
+    governor.answered(headers(600, 100, "1s"), sent_at=clock.now - 1)
+    rate = governor.rate
+    assert rate is not None
+    governor.start()
+    pause, wait = governor.refused(
+        {**headers(600, 0, "11s"), "retry-after-ms": "100"}, 2.5, sent_at=clock.now
+    )
+    assert wait == 2.5
+    assert governor.answers_429 == 1
+    assert governor.rate == pytest.approx(rate / 2)
+    assert governor.delay() == pytest.approx(2.5)
+    assert governor.delay(exempt_pause=pause) < 2.5
+    clock.now += 2.5
+    assert governor.delay() == pytest.approx(governor.delay(exempt_pause=pause))
+
+
+def test_one_cut_per_congestion_event() -> None:
+    """Answers to requests sent before the last cut describe the past: they cut nothing."""
+    clock = FakeClock()
+    governor = RateGovernor(clock=clock)
+    for _ in range(4):
+        governor.start()
+    sent = clock.now
+    clock.now += 1
+    governor.refused(headers(60, 0, "10s"), 1.0, sent_at=sent)
+    window = governor.window
+    assert window == 2  # half of the 4 in flight
+    governor.refused(headers(60, 0, "10s"), 1.0, sent_at=sent)
+    governor.refused(headers(60, 0, "10s"), 1.0, sent_at=sent)
+    assert governor.window == window
+
+
+def test_without_headers_429s_shrink_the_window_and_successes_grow_it() -> None:
+    clock = FakeClock()
+    governor = RateGovernor(clock=clock)
+    for _ in range(8):
+        governor.start()
+    clock.now += 1
+    governor.refused({}, None, sent_at=clock.now - 1)
+    assert governor.window == 4
+    assert governor.rate is None  # no limit known: nothing to pace by
+    for _ in range(7):
+        governor.answered({}, sent_at=clock.now - 1)
+    assert governor.in_flight == 0
+    assert governor.window is not None
+    assert governor.window > 4
+
+
+def simulate(
+    processes: int, per_minute: float, burst: int, partitions: int, *, seed: int
+) -> dict[str, Any]:
+    """``processes`` governors (8 requests in flight each, latency 1 s) sharing one emulated
+    account bucket, in virtual time: the emulator admits on arrival, answers after the latency."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    account = AccountLimits(
+        images_per_minute=per_minute,
+        images_burst=burst,
+        tokens_per_minute=None,
+        tokens_burst=None,
+        now=clock.now,
+    )
+    governors = [RateGovernor(clock=clock, rng=rng.random) for _ in range(processes)]
+    todo = [partitions] * processes
+    done = [0] * processes
+    flying = [0] * processes
+    retries: list[list[tuple[float, int]]] = [[] for _ in range(processes)]
+    answers: list[tuple[float, int, int, float, float | None]] = []
+    admitted: list[float] = []
+    refused = sent = serial = 0
+    end = clock.now + 3600
+    while sum(done) < processes * partitions and clock.now < end:
+        while answers and answers[0][0] <= clock.now:
+            _, _, p, sent_at, retry_after = heapq.heappop(answers)
+            flying[p] -= 1
+            answer = dict(account.headers(clock.now))
+            if retry_after is None:
+                governors[p].answered(answer, sent_at=sent_at)
+                done[p] += 1
+            else:
+                answer.update(retry_after_headers(retry_after))
+                pause, wait = governors[p].refused(answer, retry_after, sent_at=sent_at)
+                retries[p].append((clock.now + wait, pause))
+        for p, governor in enumerate(governors):
+            while flying[p] < 8:
+                ready = [r for r in retries[p] if r[0] <= clock.now]
+                if not ready and not todo[p]:
+                    break
+                exempt = ready[0][1] if ready else -1
+                if governor.delay(exempt_pause=exempt) > 0:
+                    break
+                if ready:
+                    retries[p].remove(ready[0])
+                else:
+                    todo[p] -= 1
+                governor.start()
+                flying[p] += 1
+                sent += 1
+                serial += 1
+                rejection = account.admit(images=1, tokens=0, now=clock.now)
+                if rejection is None:
+                    admitted.append(clock.now)
+                    heapq.heappush(answers, (clock.now + 1.0, serial, p, clock.now, None))
+                else:
+                    refused += 1
+                    heapq.heappush(
+                        answers,
+                        (clock.now + 0.01, serial, p, clock.now, rejection.retry_after_s),
+                    )
+        clock.now += 0.01
+    times = sorted(admitted)
+    span = times[-1] - times[burst]
+    return {
+        "done": sum(done),
+        "share_429": refused / sent,
+        "achieved": (len(times) - 1 - burst) / span * 60 / per_minute,
+    }
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_three_processes_converge_on_the_shared_limit(seed: int) -> None:
+    """AIMD on the shared bucket's level: three uncoordinated processes together use the limit
+    with few refusals (the burst case of bench/ratelimit.py, in virtual time)."""
+    outcome = simulate(3, 240, 20, 60, seed=seed)
+    assert outcome["done"] == 180
+    assert outcome["share_429"] <= 0.04
+    assert outcome["achieved"] >= 0.93
+
+
+def test_alone_at_a_low_tier_no_request_is_refused() -> None:
+    outcome = simulate(1, 10, 2, 10, seed=3)
+    assert outcome["done"] == 10
+    assert outcome["share_429"] == 0
+    assert outcome["achieved"] >= 0.95
+
+
+# --- the client against the emulator ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_client_on_a_low_limit_paces_instead_of_failing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """30 images/min, burst 2, 8 requests at once: every request succeeds, after at most a
+    couple of 429s, each image billed once, and the log says why requests wait."""
+    caplog.set_level(logging.WARNING, logger="dagster_gptimage.client")
+    emulator = Emulator(images_per_minute=30, images_burst=2, latency_s=0.05)
+    client = GPTImageClient(
+        provider="emulator", emulator=emulator, max_concurrency=8, max_retries=0
+    )
+    results = await asyncio.gather(
+        *(client.generate(f"p{i}", size="1024x1024", quality="low") for i in range(8))
+    )
+    assert len(results) == 8
+    assert emulator.stats.billed_images == 8
+    assert all(r.possibly_billed_attempts == 1 for r in results)
+    refused = sum(r.rate_limited_attempts for r in results)
+    assert refused == emulator.stats.rate_limited <= 2
+    assert sum(r.attempts for r in results) == 8 + refused
+    assert sum(r.rate_limit_wait_s for r in results) > 5  # 6 images beyond the burst at 2 s each
+    stats = client.rate_limit_stats()
+    assert stats.answers_429 == refused
+    assert stats.limit_per_minute == 30
+    assert stats.sent == 8 + refused
+    warnings = [r for r in caplog.records if "rate limit" in r.getMessage()]
+    assert 1 <= len(warnings) <= 3
+    await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_rate_limit_waits_are_bounded_by_max_rate_limit_wait_s() -> None:
+    emulator = Emulator(images_per_minute=6, images_burst=1)
+    client = GPTImageClient(provider="emulator", emulator=emulator, max_rate_limit_wait_s=3)
+    await client.generate("first")
+    with pytest.raises(RateLimitError, match="max_rate_limit_wait_s=3") as info:
+        await client.generate("second")
+    assert info.value.possibly_billed_attempts == 0
+    assert info.value.cost_usd == 0
+    assert emulator.stats.billed_images == 1
+    await client.aclose()
+
+
+_CLIENT_PROCESS = """
+import asyncio, json, sys
+from dagster_gptimage.client import GPTImageClient
+
+async def main():
+    client = GPTImageClient(provider="emulator", base_url=sys.argv[1], max_concurrency=8)
+    results = await asyncio.gather(*(client.generate(f"p{i}") for i in range(int(sys.argv[2]))))
+    stats = client.rate_limit_stats()
+    print(json.dumps({"images": len(results), "answers_429": stats.answers_429,
+                      "billed": sum(r.possibly_billed_attempts for r in results)}))
+    await client.aclose()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_share_an_account_without_failing() -> None:
+    """Two processes, 8 requests in flight each, share 60 images/min (burst 4) on one emulator
+    server: every image is made once, and the 429s are few (a storm would be dozens)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dagster_gptimage.emulator import run_server_in_thread
+
+    emulator = Emulator(images_per_minute=60, images_burst=4, latency_s=0.2, require_auth=False)
+    root = Path(__file__).resolve().parents[1]
+    with run_server_in_thread(emulator) as base_url:
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CLIENT_PROCESS, base_url, "8"],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=root,
+            )
+            for _ in range(2)
+        ]
+        outputs = [child.communicate(timeout=120)[0] for child in children]
+    import json
+
+    reports = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    assert [r["images"] for r in reports] == [8, 8]
+    assert [r["billed"] for r in reports] == [8, 8]
+    assert emulator.stats.billed_images == 16
+    assert sum(r["answers_429"] for r in reports) == emulator.stats.rate_limited <= 4
