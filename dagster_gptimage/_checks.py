@@ -68,15 +68,21 @@ def _requested_dimensions(size: object) -> tuple[int, int] | None:
 
 
 def verify_bytes(
-    record: ImageRecord, data: bytes, *, decoded: DecodedImage | None = None
+    record: ImageRecord,
+    data: bytes,
+    *,
+    decoded: DecodedImage | None = None,
+    sha256: str | None = None,
 ) -> list[str]:
     """Problems with ``data``, the bytes stored for ``record`` (an empty list: they are valid).
 
-    ``decoded`` describes bytes already decoded in this process; when ``data`` hashes to its sha256
-    they are those bytes, so they are not decoded a second time.
+    ``decoded`` describes bytes already decoded (in this process, or when stored: see
+    ``ImageRecord.decoded``); when ``data`` hashes to its sha256 they are those bytes, so they are
+    not decoded a second time. ``sha256`` is that of ``data`` when the caller has just computed it.
     """
     problems: list[str] = []
-    sha256 = hashlib.sha256(data).hexdigest()
+    if sha256 is None:
+        sha256 = hashlib.sha256(data).hexdigest()
     if sha256 != record.sha256:
         problems.append(
             f"sha256 {sha256[:12]}… of the stored file does not match the sidecar's "

@@ -80,7 +80,8 @@ class ImageRecord(BaseModel):
     and ``sha256`` from what it writes (and ``width``/``height`` when left at 0), so callers cannot
     store a record that disagrees with its image. Unknown fields are ignored so that records written
     by newer versions stay readable. ``revision`` is the prompt row's revision, part of the request
-    fingerprint (None when the row has none).
+    fingerprint (None when the row has none). ``decoded`` and ``preview`` are set by the image
+    assets, which verify every image before storing it.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -111,6 +112,13 @@ class ImageRecord(BaseModel):
     sources: list[SourceImage] = Field(default_factory=list)
     mask: SourceImage | None = None
     revision: str | None = None
+    decoded: bool = False
+    """The image was fully decoded when it was stored and found complete, in ``format``, of
+    ``width`` x ``height``: bytes that still hash to ``sha256`` need not be decoded again to
+    know that (the cache trusts it; the check run on its own decodes every image regardless)."""
+    preview: str | None = Field(default=None, repr=False)
+    """A ``data:`` URI of a small thumbnail made from those decoded pixels, so that a cache hit
+    shows its image in Dagster without decoding it."""
 
 
 @dataclass(frozen=True)
