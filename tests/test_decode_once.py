@@ -197,3 +197,50 @@ def test_a_cache_hit_without_the_decoded_mark_is_decoded_as_before(
     mat = materializations(instance, asset.key, run_id=result.run_id)["p0"]
     assert value(mat.metadata, "cached") is True
     assert str(value(mat.metadata, "preview")).startswith("![preview](data:image/")
+
+
+def test_the_check_of_a_just_decoded_image_hashes_the_file_and_still_catches_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ImageStore(base_url=str(tmp_path))
+    data = _noise((300, 200))
+    info = inspect_image(data)
+    record = store.write_image(
+        "a",
+        "k",
+        data,
+        "png",
+        _checks_record(width=info.width, height=info.height),
+    )
+    decoded = _checks.DecodedImage(record.sha256, "png", 300, 200)
+    whole_reads: list[str] = []
+    original = ImageStore.stored_image
+
+    def counted(self: ImageStore, rec: Any) -> Any:
+        whole_reads.append(rec.partition_key)
+        return original(self, rec)
+
+    monkeypatch.setattr(ImageStore, "stored_image", counted)
+
+    assert _checks.verify_image(store, record, decoded=decoded) == []
+    assert whole_reads == []
+
+    Path(record.path).write_bytes(data[:-10])
+    problems = _checks.verify_image(store, record, decoded=decoded)
+    assert whole_reads == ["k"]
+    assert any("does not match the sidecar" in p for p in problems), problems
+    assert any("does not decode" in p for p in problems), problems
+
+
+def _checks_record(*, width: int, height: int) -> Any:
+    from dagster_gptimage.storage import ImageRecord
+
+    return ImageRecord(
+        fingerprint="f" * 64,
+        prompt="p",
+        params={"size": f"{width}x{height}", "output_format": "png"},
+        model="gpt-image-2",
+        provider="emulator",
+        width=width,
+        height=height,
+    )
