@@ -31,7 +31,8 @@ from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.storage import ImageRecord, ImageStore
 
 SIZE = "1024x1024"
-TARGET_RATIO = 1.10
+TARGET_RATIO = 1.3
+"""The issue's target for N=200, C=16, L=1 s on this 2-core machine (1.10 at first)."""
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """Run config keeping Dagster's per-event console lines out of the benchmark's output."""
 
@@ -262,7 +263,7 @@ def dagster_floor_asset(table: PromptTable, name: str) -> dg.AssetsDefinition:
     return _floor
 
 
-def measure_floor(instance: dg.DagsterInstance, *, n: int, report: Report, label: str) -> None:
+def measure_floor(instance: dg.DagsterInstance, *, n: int, report: Report, label: str) -> float:
     table = prompt_table(n)
     asset = dagster_floor_asset(table, f"bench_floor_{label}")
     cpu = _cpu_self()
@@ -276,6 +277,7 @@ def measure_floor(instance: dg.DagsterInstance, *, n: int, report: Report, label
         raise RuntimeError(f"the Dagster floor run {label} did not complete")
     report.add(f"{label}.wall_s", wall, "s", note=f"{n} partitions, no image work, no requests")
     report.add(f"{label}.cpu_per_partition_ms", cpu / n * 1000, "ms")
+    return wall
 
 
 def run(*, quick: bool = False) -> Report:

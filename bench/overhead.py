@@ -3,12 +3,12 @@
 CPU time (``time.process_time``) per image of the path an image takes after the response body
 arrives, stage by stage as ``GPTImageClient._attempt`` and the asset's run body
 (``dagster_gptimage._backfill``) do it: parse the JSON body, base64-decode, decode the image fully to
-verify it, hash, write it atomically with its sidecar, make the preview, re-verify the stored file
+verify it and make the preview from the same pixels, hash, write it atomically with its sidecar,
+re-verify the stored file
 (the ``image_valid`` check of the run), build the partition's metadata and materialization event.
-The floor is the least any client must do: ``base64.b64decode`` and a plain file write.
-
-``decode_once`` is the same path with the preview made from the image decoded for verification
-instead of decoding it a second time (a proposed change, measured here to size its benefit).
+The floor is the least a client that verifies its images must do: ``base64.b64decode``, one full
+decode of the pixels and a plain file write (``ratio``); ``ratio_decode_once`` compares with
+``base64.b64decode`` and the write alone, the floor of the first measurements.
 
 Peak RSS: a child process runs a real single-run backfill of 16 partitions of 3840x2160 PNGs with
 16 requests in flight against the emulator server (separate process, so its memory is not counted),
@@ -30,21 +30,25 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from PIL import Image, ImageOps, features
+from PIL import Image
 
 from bench._common import REPO_ROOT, EmulatorServer, Report
 from bench._images import photo_bytes
 from dagster_gptimage import _providers as providers
-from dagster_gptimage import images
 from dagster_gptimage._checks import DecodedImage, verify_image
-from dagster_gptimage._metadata import data_version_tags, partition_metadata, preview_markdown
+from dagster_gptimage._metadata import data_version_tags, partition_metadata, preview_value
 from dagster_gptimage.fingerprint import request_fingerprint
-from dagster_gptimage.images import inspect_image
+from dagster_gptimage.images import (
+    PREVIEW_MAX_BYTES,
+    PREVIEW_MAX_SIDE,
+    inspect_image,
+    thumbnail_data_uri,
+)
 from dagster_gptimage.models import GeneratedImage, GenerateRequest, Usage
 from dagster_gptimage.pricing import estimate_usage
 from dagster_gptimage.storage import ImageRecord, ImageStore
 
-TARGET_RATIO = 1.5
+TARGET_RATIO = 1.25
 TARGET_RSS_MB = 600
 RSS_RUNS = 3
 ASSET_KEY = dg.AssetKey(["bench", "overhead"])
@@ -84,40 +88,12 @@ class _Clock:
         self.last = now
 
 
-def _inspect_with_preview(data: bytes) -> tuple[Any, bytes]:
-    """One decode for both the verification and the thumbnail (the ``decode_once`` variant): the
-    checks of ``images.inspect_image`` (header limits, full load, complete file), then the
-    thumbnail of ``images.make_preview`` from the same loaded pixels."""
-    image = images._open(data, "data[0]")
-    try:
-        fmt = images._PIL_FORMATS[str(image.format)]
-        image.load()
-        images._check_complete(fmt, data)
-        info = images.ImageInfo(fmt, image.width, image.height, image.mode, False)
-        thumb = (
-            image.copy() if image.getexif().get(0x0112, 1) == 1 else ImageOps.exif_transpose(image)
-        )
-        thumb.thumbnail((128, 128), Image.Resampling.LANCZOS, reducing_gap=2.0)
-        out = io.BytesIO()
-        if features.check("webp"):
-            thumb.convert("RGB").save(out, format="WEBP", quality=70, method=4)
-        else:
-            thumb.convert("RGB").save(out, format="JPEG", quality=70, optimize=True)
-    finally:
-        image.close()
-    return info, out.getvalue()
-
-
 def ours(
-    body: bytes,
-    request: GenerateRequest,
-    store: ImageStore,
-    key: str,
-    stages: Stages,
-    *,
-    decode_once: bool = False,
+    body: bytes, request: GenerateRequest, store: ImageStore, key: str, stages: Stages
 ) -> None:
-    """The path of one image through the client and the asset's run body."""
+    """The path of one image through the client (``_responses``) and the asset's run body
+    (``_execute``): the preview is made from the verification decode, the check trusts that
+    decode for the bytes it re-reads and re-hashes."""
     clock = _Clock(stages)
     parsed = providers.parse_images_body(body)
     usage = Usage.from_api(parsed.usage)
@@ -126,18 +102,19 @@ def ours(
     assert b64 is not None
     data = base64.b64decode(b64, validate=True)
     clock.lap("b64decode")
-    if decode_once:
-        info, thumbnail = _inspect_with_preview(data)
-        preview: Any = dg.MetadataValue.md(
-            f"![preview](data:image/webp;base64,{base64.b64encode(thumbnail).decode()})"
-        )
-    else:
-        info = inspect_image(data, field="data[0]")
-        preview = None
-    image = GeneratedImage(data=data, format=info.format, width=info.width, height=info.height)
-    clock.lap("decode_verify" if not decode_once else "decode_verify_preview")
+    info = inspect_image(
+        data,
+        field="data[0]",
+        preview_max_side=PREVIEW_MAX_SIDE,
+        preview_max_bytes=PREVIEW_MAX_BYTES,
+    )
+    image = GeneratedImage(
+        data=data, format=info.format, width=info.width, height=info.height, preview=info.preview
+    )
+    clock.lap("decode_verify_preview")
     fingerprint = request_fingerprint(request, emulated=False)
     clock.lap("fingerprint")
+    assert image.preview is not None
     record = ImageRecord(
         fingerprint=fingerprint,
         prompt=request.prompt,
@@ -152,17 +129,17 @@ def ours(
         request_id="req_bench",
         width=image.width,
         height=image.height,
+        decoded=True,
+        preview=thumbnail_data_uri(image.preview),
     )
     written = store.write_image(ASSET_KEY, key, image.data, image.format, record)
     clock.lap("sha256_write_sidecar")
-    if preview is None:
-        preview = preview_markdown(image.data)
-        clock.lap("preview")
-    decoded = DecodedImage(image.sha256, image.format, image.width, image.height)
+    decoded = DecodedImage(written.sha256, image.format, image.width, image.height)
     problems = verify_image(store, written, decoded=decoded)
     assert not problems, problems
     clock.lap("check_reread")
-    metadata = partition_metadata(written, cached=False, preview=preview)
+    assert written.preview is not None
+    metadata = partition_metadata(written, cached=False, preview=preview_value(written.preview))
     dg.AssetMaterialization(
         asset_key=ASSET_KEY,
         partition=key,
@@ -172,9 +149,14 @@ def ours(
     clock.lap("metadata_event")
 
 
-def floor(body_b64: str, path: Path, stages: Stages) -> None:
+def floor(body_b64: str, path: Path, stages: Stages, *, decode: bool) -> None:
+    """base64-decode and write; with ``decode``, one full decode of the pixels between (what any
+    client that verifies its images must do)."""
     clock = _Clock(stages)
     data = base64.b64decode(body_b64)
+    if decode:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
     with open(path, "wb") as f:
         f.write(data)
     clock.lap("floor")
@@ -201,15 +183,15 @@ def measure_overhead(report: Report, *, width: int, height: int, fmt: str, itera
         floor_dir = Path(tmp) / "floor"
         floor_dir.mkdir()
         results: dict[str, float] = {}
-        for variant in ("floor", "ours", "decode_once"):
+        for variant in ("floor", "floor_decode", "ours"):
             stages: Stages = {}
 
             def one(index: int, variant: str = variant, stages: Stages = stages) -> None:
                 key = f"{variant}{index + 1}"
-                if variant == "floor":
-                    floor(b64, floor_dir / f"{key}.{fmt}", stages)
+                if variant == "ours":
+                    ours(body, request, store, key, stages)
                 else:
-                    ours(body, request, store, key, stages, decode_once=variant == "decode_once")
+                    floor(b64, floor_dir / f"{key}.{fmt}", stages, decode=variant != "floor")
 
             results[variant] = _measure(one, iterations)
             if variant == "ours":
@@ -219,17 +201,28 @@ def measure_overhead(report: Report, *, width: int, height: int, fmt: str, itera
                     for name, value in sorted(stages.items(), key=lambda item: -item[1])
                 )
                 report.note(f"{label} CPU by stage: {breakdown}")
-    ratio = results["ours"] / results["floor"]
+    ratio = results["ours"] / results["floor_decode"]
+    targeted = fmt == "png"
     report.add(f"{label}.bytes", len(data))
-    report.add(f"{label}.floor_cpu_ms", results["floor"] * 1000, "ms")
+    report.add(f"{label}.floor_cpu_ms", results["floor"] * 1000, "ms", note="b64decode + write")
+    report.add(
+        f"{label}.floor_decode_cpu_ms",
+        results["floor_decode"] * 1000,
+        "ms",
+        note="b64decode + one full decode + write",
+    )
     report.add(f"{label}.ours_cpu_ms", results["ours"] * 1000, "ms")
     report.add(
-        f"{label}.ratio", ratio, target=f"≤ {TARGET_RATIO}", met=ratio <= TARGET_RATIO + 1e-9
+        f"{label}.ratio",
+        ratio,
+        target=f"≤ {TARGET_RATIO}" if targeted else "",
+        met=ratio <= TARGET_RATIO + 1e-9 if targeted else None,
+        note="vs b64decode + one full decode + write",
     )
     report.add(
         f"{label}.ratio_decode_once",
-        results["decode_once"] / results["floor"],
-        note="preview from the verification decode (proposed)",
+        results["ours"] / results["floor"],
+        note="vs b64decode + write alone (the floor before): the image is now decoded once",
     )
 
 

@@ -42,6 +42,7 @@ from dagster_gptimage._job import ImageJob, image_children
 from dagster_gptimage._loop import LoopThread, next_item
 from dagster_gptimage._metadata import run_summary
 from dagster_gptimage._plan import Failed, Planned, Planner
+from dagster_gptimage._progress import Progress, client_rate_limits
 from dagster_gptimage._scope import RunScope
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import short_repr
@@ -110,6 +111,8 @@ class _Run:
         )
         self.unversioned_prompts = job.prompts_key if self.prompts_key is None else None
         """Prompt rows not defined as an asset: Dagster shows an unversioned stub in their place."""
+        self.progress: Progress | None = None
+        self.images_per_minute: float | None = None
 
     @property
     def name(self) -> str:
@@ -229,13 +232,41 @@ class _Run:
                 self.tally.check_problems[plan.key] = plan.cached_problems
             yield self._materialization(plan.cached, plan, cached=True, preview=plan.cached_preview)
 
+    def _start_progress(self, total: int, todo: Sequence[Planned]) -> Progress:
+        self.progress = Progress(
+            self.name,
+            total=total,
+            cached=self.tally.cached,
+            failed_before=len(self.tally.failures),
+            to_request=len(todo),
+            rate_limits=lambda: client_rate_limits(self.client),
+        )
+        return self.progress
+
+    def _log_progress(self) -> None:
+        """Called whenever the step thread wakes: logs a progress line when one is due."""
+        progress = self.progress
+        if progress is None or not progress.due():
+            return
+        self.context.log.info(
+            progress.line(
+                made=self.tally.made,
+                failed=len(self.tally.failures),
+                spent_usd=self.budget.spent,
+                requests=self.tally.requests,
+            )
+        )
+
     def _executed(self, todo: Sequence[Planned], loop: LoopThread) -> Iterator[Any]:
         out: queue.Queue[Any] = queue.Queue()
+        progress = self._start_progress(len(self.context.partition_keys), todo)
         pipeline = loop.submit(self.executor.execute_all(todo, out))
         while True:
-            outcome = next_item(out)
+            self._log_progress()
+            outcome = next_item(out, self._log_progress)
             if outcome is END:
                 pipeline.result()
+                self.images_per_minute = progress.images_per_minute(self.tally.made)
                 return
             if isinstance(outcome, Failed):
                 self.tally.fail(outcome)
@@ -263,6 +294,7 @@ class _Run:
                 latencies=tally.latencies,
                 requests=tally.requests,
                 possibly_billed=tally.possibly_billed,
+                images_per_minute=self.images_per_minute,
             )
             + (f" (of which ${failed_cost:.4f} on failed partitions)" if failed_cost else "")
         )

@@ -99,15 +99,21 @@ def _requested_dimensions(size: object) -> tuple[int, int] | None:
 
 
 def verify_bytes(
-    record: ImageRecord, data: bytes, *, decoded: DecodedImage | None = None
+    record: ImageRecord,
+    data: bytes,
+    *,
+    decoded: DecodedImage | None = None,
+    sha256: str | None = None,
 ) -> list[str]:
     """Problems with ``data``, the bytes stored for ``record`` (an empty list: they are valid).
 
-    ``decoded`` describes bytes already decoded in this process; when ``data`` hashes to its sha256
-    they are those bytes, so they are not decoded a second time.
+    ``decoded`` describes bytes already decoded (in this process, or when stored: see
+    ``ImageRecord.decoded``); when ``data`` hashes to its sha256 they are those bytes, so they are
+    not decoded a second time. ``sha256`` is that of ``data`` when the caller has just computed it.
     """
     problems: list[str] = []
-    sha256 = hashlib.sha256(data).hexdigest()
+    if sha256 is None:
+        sha256 = hashlib.sha256(data).hexdigest()
     if sha256 != record.sha256:
         problems.append(
             f"sha256 {sha256[:12]}… of the stored file does not match the sidecar's "
@@ -122,6 +128,12 @@ def verify_bytes(
             problems.append(f"does not decode: {error.message}")
             return problems
         info = DecodedImage(sha256, image.format, image.width, image.height)
+    return problems + _described_problems(record, info)
+
+
+def _described_problems(record: ImageRecord, info: DecodedImage) -> list[str]:
+    """What is wrong with an image described by ``info`` for ``record``'s request and sidecar."""
+    problems: list[str] = []
     requested_format = record.params.get("output_format") or record.format
     if info.format != requested_format:
         problems.append(f"is {info.format}, {requested_format} was requested")
@@ -142,7 +154,16 @@ def verify_bytes(
 def verify_image(
     store: ImageStore, record: ImageRecord, *, decoded: DecodedImage | None = None
 ) -> list[str]:
-    """Problems with ``record``'s image as stored now (an empty list: it is valid)."""
+    """Problems with ``record``'s image as stored now (an empty list: it is valid).
+
+    With ``decoded`` matching the sidecar, the file is only hashed, in chunks (a backfill of 4K
+    images then holds no second copy of each); anything else reads and verifies the whole file."""
+    if decoded is not None and decoded.sha256 == record.sha256:
+        try:
+            if store.stored_sha256(record) == record.sha256:
+                return _described_problems(record, decoded)
+        except (FileNotFoundError, OSError, ValueError):
+            pass  # reported below, as any unreadable image
     try:
         _, data = store.stored_image(record)
     except FileNotFoundError:

@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 
 from dagster_gptimage._checks import DecodedImage, verify_image
-from dagster_gptimage._metadata import safe_preview
+from dagster_gptimage._metadata import preview_value, safe_preview_bytes
 from dagster_gptimage._plan import Failed, Planned, Planner, SourceProblem, short_error
 from dagster_gptimage._urls import redact_url
 from dagster_gptimage.client import GPTImageClient
@@ -26,6 +26,7 @@ from dagster_gptimage.errors import (
     QuotaExceededError,
     failure_reason,
 )
+from dagster_gptimage.images import thumbnail_data_uri
 from dagster_gptimage.models import ImageRequest, ImageResult
 from dagster_gptimage.storage import ImageRecord, ImageStore
 
@@ -154,6 +155,9 @@ class Executor:
         self, planned: Planned, request: ImageRequest, result: ImageResult
     ) -> Done | Failed:
         image = result.images[0]
+        thumbnail = image.preview
+        if thumbnail is None:
+            thumbnail = await asyncio.to_thread(safe_preview_bytes, image.data)
         record = ImageRecord(
             fingerprint=planned.fingerprint,
             prompt=planned.prompt,
@@ -173,6 +177,8 @@ class Executor:
             sources=planned.sources,
             mask=planned.mask,
             revision=planned.revision,
+            decoded=True,
+            preview=None if thumbnail is None else thumbnail_data_uri(thumbnail),
         )
         try:
             written = await self.store.awrite_image(
@@ -188,10 +194,11 @@ class Executor:
                 possibly_billed_attempts=result.possibly_billed_attempts,
                 cost_usd=result.cost_usd,
             )
-        preview = await asyncio.to_thread(safe_preview, image.data)
+        preview = None if written.preview is None else preview_value(written.preview)
         problems: list[str] = []
         if self.planner.check:
-            decoded = DecodedImage(image.sha256, image.format, image.width, image.height)
+            # ``written.sha256`` was computed from ``image.data`` as it was written.
+            decoded = DecodedImage(written.sha256, image.format, image.width, image.height)
             problems = await asyncio.to_thread(verify_image, self.store, written, decoded=decoded)
         return Done(planned, written, preview, problems, result.latency_s, result.attempts)
 

@@ -12,7 +12,7 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 __all__ = ["LoopThread", "next_item"]
@@ -94,11 +94,12 @@ async def _cancel_all() -> None:
     await asyncio.gather(*pending, return_exceptions=True)
 
 
-def next_item(items: queue.Queue[Any]) -> Any:
+def next_item(items: queue.Queue[Any], on_idle: Callable[[], None] | None = None) -> Any:
     """The next item, waking up regularly so that an interrupt (run termination) is raised promptly
-    in the waiting thread."""
+    in the waiting thread; ``on_idle`` runs at each wake-up without an item (in this thread)."""
     while True:
         try:
             return items.get(timeout=_POLL_S)
         except queue.Empty:
-            continue
+            if on_idle is not None:
+                on_idle()

@@ -9,7 +9,6 @@ source, the data version it consumed and the storage id of that source's materia
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,12 @@ from dagster_gptimage._dagster import (
     get_input_data_version_tag,
     get_input_event_pointer_tag,
 )
-from dagster_gptimage.images import inspect_image, make_preview
+from dagster_gptimage.images import (
+    PREVIEW_MAX_BYTES,
+    PREVIEW_MAX_SIDE,
+    make_preview,
+    thumbnail_data_uri,
+)
 from dagster_gptimage.storage import ImageRecord
 
 __all__ = [
@@ -38,11 +42,11 @@ __all__ = [
     "partition_metadata",
     "percentile",
     "preview_markdown",
+    "preview_value",
     "run_summary",
     "safe_preview",
+    "safe_preview_bytes",
 ]
-
-PREVIEW_MAX_SIDE = 128
 
 LATENCY_DECIMALS = 3
 """Latency metadata is shown to the millisecond; sidecars keep the measured value."""
@@ -95,38 +99,40 @@ INLINE_MARKDOWN_LIMIT = 1000
 (``MetadataEntry.tsx``: ``mdStr.length < 1000``); a longer one hides behind a "[Show Markdown]"
 button. Its Markdown sanitizer does allow ``data:`` image sources."""
 
-_SMALLER_PREVIEW_SIDES = (112, 96, 80, 64, 48, 32)
-
 
 def preview_markdown(data: bytes, *, max_side: int = PREVIEW_MAX_SIDE) -> dg.MetadataValue:
     """A thumbnail the Dagster UI renders inline: Markdown with a ``data:`` URI image.
 
-    The largest side (from ``max_side`` down) whose Markdown fits :data:`INLINE_MARKDOWN_LIMIT` is
-    used, so the image shows in the partition view without a click; smaller sides are re-encoded from
-    the first thumbnail, which is cheap. A thumbnail that fits at no size keeps ``max_side`` (the UI
-    then shows it behind "[Show Markdown]"). What the UI renders is verified in a real browser by
-    ``tests/test_ui.py``; if it ever changes, only this changes.
+    The largest side up to ``max_side`` whose Markdown fits :data:`INLINE_MARKDOWN_LIMIT`
+    (:data:`~dagster_gptimage.images.PREVIEW_MAX_BYTES`), so the image shows in the partition view
+    without a click; the side is estimated from the first thumbnail's bytes per pixel, not found by
+    trial. A thumbnail that fits at no size keeps ``max_side`` (the UI then shows it behind
+    "[Show Markdown]"). What the UI renders is verified in a real browser by ``tests/test_ui.py``;
+    if it ever changes, only this changes.
     """
-    thumbnail = make_preview(data, max_side=max_side)
-    markdown = _image_markdown(thumbnail)
-    if len(markdown) < INLINE_MARKDOWN_LIMIT:
-        return dg.MetadataValue.md(markdown)
-    for side in (side for side in _SMALLER_PREVIEW_SIDES if side < max_side):
-        smaller = _image_markdown(make_preview(thumbnail, max_side=side))
-        if len(smaller) < INLINE_MARKDOWN_LIMIT:
-            return dg.MetadataValue.md(smaller)
-    return dg.MetadataValue.md(markdown)
+    return preview_value(make_preview(data, max_side=max_side, max_bytes=PREVIEW_MAX_BYTES))
 
 
-def _image_markdown(thumbnail: bytes) -> str:
-    content_type = inspect_image(thumbnail, field="preview").content_type
-    return f"![preview](data:{content_type};base64,{base64.b64encode(thumbnail).decode()})"
+def preview_value(preview: bytes | str) -> dg.MetadataValue:
+    """The Markdown of a preview made already: its bytes (:func:`~dagster_gptimage.images.make_preview`)
+    or its ``data:`` URI (kept in a sidecar)."""
+    uri = preview if isinstance(preview, str) else thumbnail_data_uri(preview)
+    return dg.MetadataValue.md(f"![preview]({uri})")
 
 
 def safe_preview(data: bytes) -> dg.MetadataValue | None:
     """The preview, or None when the image cannot be previewed (it is still stored and checked)."""
     try:
         return preview_markdown(data)
+    except Exception:
+        return None
+
+
+def safe_preview_bytes(data: bytes) -> bytes | None:
+    """The bytes of :func:`preview_markdown`'s thumbnail, or None when the image cannot be
+    previewed; for images that arrive without the preview their verification made."""
+    try:
+        return make_preview(data, max_bytes=PREVIEW_MAX_BYTES)
     except Exception:
         return None
 
@@ -264,16 +270,19 @@ def run_summary(
     latencies: Sequence[float],
     requests: int = 0,
     possibly_billed: int = 0,
+    images_per_minute: float | None = None,
 ) -> str:
     """One log line a person can read at a glance at the end of a run.
 
     ``requests`` counts every request sent, refused ones (moderation, invalid) included;
-    ``possibly_billed`` is the part of them that may be on the bill.
+    ``possibly_billed`` is the part of them that may be on the bill; ``images_per_minute`` is the
+    rate the run achieved from its first request to its last image (None: nothing was requested).
     """
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
     latency = f"latency p50 {p50:.2f} s, p95 {p95:.2f} s" if p50 is not None else "no images made"
+    rate = f"; {images_per_minute:.1f} images/min" if images_per_minute is not None else ""
     return (
         f"{asset_key.to_user_string()}: {made} images made, {cached} cached, {failed} failed; "
         f"{requests} requests sent ({possibly_billed} possibly billed); "
-        f"total cost ${cost_usd:.4f}; {latency}"
+        f"total cost ${cost_usd:.4f}; {latency}{rate}"
     )

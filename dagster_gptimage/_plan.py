@@ -13,9 +13,9 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_gptimage._checks import verify_bytes
+from dagster_gptimage._checks import DecodedImage, verify_bytes
 from dagster_gptimage._job import ImageJob
-from dagster_gptimage._metadata import safe_preview
+from dagster_gptimage._metadata import preview_value, safe_preview
 from dagster_gptimage._urls import redact_url
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import InvalidRequestError
@@ -77,7 +77,7 @@ class SourceProblem(Exception):
 def read_cached(
     store: ImageStore, asset_key: dg.AssetKey, key: str, fingerprint: str
 ) -> tuple[ImageRecord, bytes] | None:
-    """The cache hit and the bytes verified for it (for the preview and the check), so a cache hit
+    """The cache hit and the bytes verified for it (size and sha256, for the check), so a cache hit
     reads its image once."""
     hit = store.read_verified(asset_key, key, fingerprint)
     return None if hit is None else (hit.record, hit.data)
@@ -249,12 +249,27 @@ class Planner:
         if not self.force:
             hit = read_cached(self.store, self.job.asset_key, key, planned.fingerprint)
             if hit is not None:
-                record, data = hit
-                planned.cached = record
-                planned.cached_preview = safe_preview(data)
-                if self.check:
-                    planned.cached_problems = verify_bytes(record, data)
+                self._serve_cached(planned, *hit)
         return planned
+
+    def _serve_cached(self, planned: Planned, record: ImageRecord, data: bytes) -> None:
+        """A cache hit's preview and check without decoding its image, when its sidecar says it
+        was decoded when stored: ``data`` hashes to the sidecar's sha256 (``read_verified``), so it
+        is those bytes. Sidecars that do not say so (older versions) are decoded as before."""
+        planned.cached = record
+        if record.preview is not None:
+            planned.cached_preview = preview_value(record.preview)
+        else:
+            planned.cached_preview = safe_preview(data)
+        if self.check:
+            decoded = (
+                DecodedImage(record.sha256, record.format, record.width, record.height)
+                if record.decoded
+                else None
+            )
+            planned.cached_problems = verify_bytes(
+                record, data, decoded=decoded, sha256=record.sha256
+            )
 
     async def plan(self, keys: Sequence[str]) -> list[Planned | Failed]:
         rows = self.rows(keys)

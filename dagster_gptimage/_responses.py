@@ -1,7 +1,7 @@
 """A successful (2xx) answer turned into an :class:`~dagster_gptimage.models.ImageResult`.
 
-The images are decoded (or downloaded from a gateway's URLs) and verified from their bytes, and the
-attempt is priced from the usage it reports. A 2xx answer whose images are unusable was possibly
+The images are decoded (or downloaded from a gateway's URLs) and verified from their bytes, with a
+preview thumbnail made from the same decoded pixels, and the attempt is priced from the usage it reports. A 2xx answer whose images are unusable was possibly
 billed: it is counted before it is retried.
 """
 
@@ -19,7 +19,7 @@ from dagster_gptimage._billing import Tally
 from dagster_gptimage._downloads import Downloader
 from dagster_gptimage._retry import AttemptFailed
 from dagster_gptimage.errors import InvalidImageError, ProviderError
-from dagster_gptimage.images import inspect_image
+from dagster_gptimage.images import PREVIEW_MAX_BYTES, PREVIEW_MAX_SIDE, inspect_image
 from dagster_gptimage.models import GeneratedImage, ImageRequest, ImageResult, Provider, Usage
 from dagster_gptimage.pricing import PriceTable, cost_of_usage
 
@@ -124,7 +124,13 @@ async def _verified(
     answer: Answer, data: bytes, index: int, revised_prompt: str | None
 ) -> GeneratedImage:
     try:
-        info = await asyncio.to_thread(inspect_image, data, field=f"data[{index}]")
+        info = await asyncio.to_thread(
+            inspect_image,
+            data,
+            field=f"data[{index}]",
+            preview_max_side=PREVIEW_MAX_SIDE,
+            preview_max_bytes=PREVIEW_MAX_BYTES,
+        )
     except InvalidImageError as exc:
         raise answer.possibly_billed(
             f"the provider returned an undecodable image (possibly billed): {exc}",
@@ -136,4 +142,5 @@ async def _verified(
         width=info.width,
         height=info.height,
         revised_prompt=revised_prompt,
+        preview=info.preview,
     )

@@ -520,6 +520,9 @@ class GeneratedImage(BaseModel):
     width: int
     height: int
     revised_prompt: str | None = None
+    preview: bytes | None = Field(default=None, repr=False)
+    """A small thumbnail made from the pixels decoded to verify the image (see
+    :func:`~dagster_gptimage.images.make_preview`), so nothing decodes the image again for it."""
 
     @cached_property
     def sha256(self) -> str:

@@ -51,6 +51,7 @@ _log = logging.getLogger(__name__)
 
 SIDECAR_SCHEMA_VERSION = 1
 _MAX_SEGMENT_LENGTH = 200
+_HASH_CHUNK_BYTES = 1 << 20
 _FORMAT_ALIASES = {"jpg": "jpeg"}
 _REDACTED = "<redacted>"
 _FOLDER_PROTOCOLS = frozenset({"sftp", "ssh", "ftp", "smb", "webdav", "hdfs", "arrow_hdfs", "dbfs"})
@@ -80,7 +81,8 @@ class ImageRecord(BaseModel):
     and ``sha256`` from what it writes (and ``width``/``height`` when left at 0), so callers cannot
     store a record that disagrees with its image. Unknown fields are ignored so that records written
     by newer versions stay readable. ``revision`` is the prompt row's revision, part of the request
-    fingerprint (None when the row has none).
+    fingerprint (None when the row has none). ``decoded`` and ``preview`` are set by the image
+    assets, which verify every image before storing it.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -111,6 +113,13 @@ class ImageRecord(BaseModel):
     sources: list[SourceImage] = Field(default_factory=list)
     mask: SourceImage | None = None
     revision: str | None = None
+    decoded: bool = False
+    """The image was fully decoded when it was stored and found complete, in ``format``, of
+    ``width`` x ``height``: bytes that still hash to ``sha256`` need not be decoded again to
+    know that (the cache trusts it; the check run on its own decodes every image regardless)."""
+    preview: str | None = Field(default=None, repr=False)
+    """A ``data:`` URI of a small thumbnail made from those decoded pixels, so that a cache hit
+    shows its image in Dagster without decoding it."""
 
 
 @dataclass(frozen=True)
@@ -462,6 +471,16 @@ class ImageStore(dg.ConfigurableResource):
         """
         path = self.image_path(record.asset_key, record.partition_key, record.format)
         return path, self.read_bytes(path)
+
+    def stored_sha256(self, record: ImageRecord) -> str:
+        """The sha256 of ``record``'s image as stored now, read in chunks: verifying a 4K image
+        this way holds 1 MiB, not the whole file. Raises like :meth:`stored_image`."""
+        path = self.image_path(record.asset_key, record.partition_key, record.format)
+        digest = hashlib.sha256()
+        with self.fs.open(self._fs_path(path), "rb") as file:
+            while chunk := file.read(_HASH_CHUNK_BYTES):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def image_matches(self, record: ImageRecord) -> bool:
         """True when the image the record describes exists and hashes to ``record.sha256``."""
