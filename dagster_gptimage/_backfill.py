@@ -42,7 +42,7 @@ from dagster_gptimage._job import ImageJob, image_children
 from dagster_gptimage._loop import LoopThread, next_item
 from dagster_gptimage._metadata import run_summary
 from dagster_gptimage._plan import Failed, Planned, Planner
-from dagster_gptimage._progress import Progress, client_rate_limits
+from dagster_gptimage._progress import Progress, client_rate_limits, since
 from dagster_gptimage._scope import RunScope
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import short_repr
@@ -113,6 +113,7 @@ class _Run:
         """Prompt rows not defined as an asset: Dagster shows an unversioned stub in their place."""
         self.progress: Progress | None = None
         self.images_per_minute: float | None = None
+        self.rate_limits_at_start = client_rate_limits(client)
 
     @property
     def name(self) -> str:
@@ -239,9 +240,13 @@ class _Run:
             cached=self.tally.cached,
             failed_before=len(self.tally.failures),
             to_request=len(todo),
-            rate_limits=lambda: client_rate_limits(self.client),
+            rate_limits=self._rate_limits,
         )
         return self.progress
+
+    def _rate_limits(self) -> Any:
+        """This run's share of the rate-limit counters (since the run started)."""
+        return since(self.rate_limits_at_start, client_rate_limits(self.client))
 
     def _log_progress(self) -> None:
         """Called whenever the step thread wakes: logs a progress line when one is due."""
@@ -295,6 +300,7 @@ class _Run:
                 requests=tally.requests,
                 possibly_billed=tally.possibly_billed,
                 images_per_minute=self.images_per_minute,
+                rate_limits=self._rate_limits(),
             )
             + (f" (of which ${failed_cost:.4f} on failed partitions)" if failed_cost else "")
         )

@@ -271,16 +271,23 @@ def run_summary(
     requests: int = 0,
     possibly_billed: int = 0,
     images_per_minute: float | None = None,
+    rate_limits: Any = None,
 ) -> str:
     """One log line a person can read at a glance at the end of a run.
 
     ``requests`` counts every request sent, refused ones (moderation, invalid) included;
     ``possibly_billed`` is the part of them that may be on the bill; ``images_per_minute`` is the
-    rate the run achieved from its first request to its last image (None: nothing was requested).
+    rate the run achieved from its first request to its last image (None: nothing was requested);
+    ``rate_limits`` (``answers_429``, ``wait_s``) what the provider's rate limit cost the run.
     """
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
     latency = f"latency p50 {p50:.2f} s, p95 {p95:.2f} s" if p50 is not None else "no images made"
     rate = f"; {images_per_minute:.1f} images/min" if images_per_minute is not None else ""
+    if rate_limits is not None:
+        rate += (
+            f"; {rate_limits.answers_429} answers 429 (rate limit), "
+            f"{rate_limits.wait_s:.1f} s waited for it"
+        )
     return (
         f"{asset_key.to_user_string()}: {made} images made, {cached} cached, {failed} failed; "
         f"{requests} requests sent ({possibly_billed} possibly billed); "

@@ -19,6 +19,7 @@ __all__ = [
     "RateLimitWaits",
     "client_rate_limits",
     "format_duration",
+    "since",
 ]
 
 PROGRESS_INTERVAL_S = 30.0
@@ -34,11 +35,24 @@ class RateLimitWaits:
 
 
 def client_rate_limits(client: object) -> RateLimitWaits | None:
-    """The client's rate-limit counters (429 answers, seconds spent waiting for the limit), read
-    for the progress line. The client does not keep such counters yet: this is where to read them
-    once it does; until then the line says they are not reported."""
-    del client
-    return None
+    """The client's rate-limit counters (429 answers, seconds spent waiting for the limit) for
+    this process's requests to its account, or None for a client that keeps none."""
+    stats = getattr(client, "rate_limit_stats", None)
+    if stats is None:
+        return None
+    current = stats()
+    return RateLimitWaits(answers_429=current.answers_429, wait_s=current.wait_s)
+
+
+def since(start: RateLimitWaits | None, now: RateLimitWaits | None) -> RateLimitWaits | None:
+    """The counters accrued since ``start`` (a run's share of the process's counters)."""
+    if now is None:
+        return None
+    if start is None:
+        return now
+    return RateLimitWaits(
+        answers_429=now.answers_429 - start.answers_429, wait_s=max(now.wait_s - start.wait_s, 0.0)
+    )
 
 
 def format_duration(seconds: float) -> str:

@@ -117,7 +117,7 @@ def test_a_long_run_logs_progress_lines(
     pattern = re.compile(
         r"slow: progress (\d)/4 partitions \((\d) made, 0 cached, 0 failed\); "
         r"[\d.]+ images/min; spent \$[\d.]+; ETA (?:unknown|\S+); (\d) requests sent; "
-        r"rate-limit waits: not reported by the client; \S+ elapsed"
+        r"rate-limit waits: 0 answers 429, \S+ waited; \S+ elapsed"
     )
     matches = [pattern.fullmatch(line) for line in lines]
     assert all(matches), lines
@@ -125,4 +125,28 @@ def test_a_long_run_logs_progress_lines(
     assert done == sorted(done)
     assert done[-1] >= 2
     [summary] = [m for m in messages if "images made" in m]
-    assert re.search(r"slow: 4 images made, .*; [\d.]+ images/min$", summary), summary
+    assert re.search(
+        r"slow: 4 images made, .*; [\d.]+ images/min; 0 answers 429 \(rate limit\), "
+        r"[\d.]+ s waited for it$",
+        summary,
+    ), summary
+
+
+def test_the_summary_counts_what_the_rate_limit_cost_the_run(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    table = PromptTable.from_records(
+        [{"key": f"r{i}", "prompt": f"a harbor, study {i}"} for i in range(4)]
+    )
+    asset = image_generation_asset(name="limited", prompts=table, size=SMALL)
+    resources, emulator = emulator_resources(
+        tmp_path, max_concurrency=4, latency_s=0.0, images_per_minute=120, images_burst=1
+    )
+    result = materialize_range([asset], resources, "r0", "r3", instance=instance)
+    assert result.success
+    messages = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
+    [summary] = [m for m in messages if "images made" in m]
+    found = re.search(r"; (\d+) answers 429 \(rate limit\), ([\d.]+) s waited for it$", summary)
+    assert found, summary
+    assert int(found.group(1)) == emulator.stats.rate_limited
+    assert float(found.group(2)) > 0, "four images at 2 per second, burst 1: someone waited"
