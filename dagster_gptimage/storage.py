@@ -80,7 +80,9 @@ class ImageRecord(BaseModel):
     and ``sha256`` from what it writes (and ``width``/``height`` when left at 0), so callers cannot
     store a record that disagrees with its image. Unknown fields are ignored so that records written
     by newer versions stay readable. ``revision`` is the prompt row's revision, part of the request
-    fingerprint (None when the row has none).
+    fingerprint (None when the row has none). ``mode`` is how the image was requested ("batch" for
+    the Batch API; None means synchronously, as records written before batch mode were), and
+    ``batch_id`` the batch that made it.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -111,6 +113,8 @@ class ImageRecord(BaseModel):
     sources: list[SourceImage] = Field(default_factory=list)
     mask: SourceImage | None = None
     revision: str | None = None
+    mode: str | None = None
+    batch_id: str | None = None
 
 
 @dataclass(frozen=True)
