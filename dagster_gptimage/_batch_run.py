@@ -123,10 +123,11 @@ class _Spend:
     def summary(self, name: str) -> str:
         saved = self.sync - self.batch
         share = f" ({saved / self.sync:.0%})" if self.sync > 0 else ""
+        batches = f"{len(self.batch_ids)} batch" + ("" if len(self.batch_ids) == 1 else "es")
         return (
-            f"{name}: batch mode: {self.images} images from {len(self.batch_ids)} batches cost "
-            f"${self.batch:.4f}; synchronous requests would have cost ${self.sync:.4f} for the "
-            f"same usage (saved ${saved:.4f}{share})"
+            f"{name}: batch mode: {self.images} images from {batches} cost ${self.batch:.4f}; "
+            f"synchronous requests would have cost ${self.sync:.4f} for the same usage: "
+            f"saved ${saved:.4f}{share}"
         )
 
 

@@ -175,7 +175,10 @@ def test_an_expired_batch_keeps_its_lines_done_and_resends_the_rest(
     asset = image_generation_asset(name="slow", prompts=prompts(8), size=SMALL, mode="batch")
     # 100 s to complete but a 50 s window: half of the lines run, then the batch expires.
     resources, emulator = emulator_resources(
-        tmp_path / "store", batch_completion_s=100.0, batch_window_s=50.0, batch_poll_interval_s=0.05
+        tmp_path / "store",
+        batch_completion_s=100.0,
+        batch_window_s=50.0,
+        batch_poll_interval_s=0.05,
     )
 
     def expire_then_speed_up() -> None:
@@ -238,10 +241,14 @@ def test_edits_in_batch_mode_send_their_inputs_as_data_urls(
     assert len(materializations(instance, night.key)) == 3
 
 
-def test_gateway_is_refused_before_any_request(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+def test_gateway_is_refused_before_any_request(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
     asset = image_generation_asset(name="gated", prompts=prompts(2), size=SMALL, mode="batch")
     emulator = Emulator(profile="gateway")
-    resource = GPTImageResource(provider="gateway", api_key="sk-test", base_url="http://gw.invalid/v1")
+    resource = GPTImageResource(
+        provider="gateway", api_key="sk-test", base_url="http://gw.invalid/v1"
+    )
     resources = {"gptimage": resource, "image_store": ImageStore(base_url=str(tmp_path))}
 
     result = materialize_range([asset], resources, "p00", "p01", instance=instance)

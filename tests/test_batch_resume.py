@@ -74,10 +74,11 @@ def start_run(tmp_path: Path, base_url: str, cancel: bool) -> subprocess.Popen[b
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     script = tmp_path / "run.py"
-    script.write_text(
-        textwrap.dedent(SCRIPT).format(size=SMALL, start=RANGE_START, end=RANGE_END)
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    script.write_text(textwrap.dedent(SCRIPT).format(size=SMALL, start=RANGE_START, end=RANGE_END))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     env["DAGSTER_HOME"] = str(home)
     args = [str(tmp_path / "store"), str(home), "cancel" if cancel else "keep"]
     return subprocess.Popen(
