@@ -85,7 +85,8 @@ def test_batch_backfill_makes_every_image_in_one_batch_at_half_price(
     assert stats.sync_requests == 0
     assert stats.batch_lines_billed == 19
     mats = materializations(instance, asset.key)
-    assert len(mats) == 19 and "p07" not in mats
+    assert len(mats) == 19
+    assert "p07" not in mats
     store: ImageStore = resources["image_store"]
     prices = DEFAULT_PRICES["gpt-image-2"]
     batch_ids = set()
@@ -109,7 +110,8 @@ def test_batch_backfill_makes_every_image_in_one_batch_at_half_price(
     assert any("submitted batch" in m and "20 requests" in m for m in messages)
     assert any("in_progress" in m or "validating" in m for m in messages), "progress lines"
     summary = next(m for m in messages if "synchronous requests would have cost" in m)
-    assert f"${total:.4f}" in summary and "saved" in summary
+    assert f"${total:.4f}" in summary
+    assert "saved" in summary
 
 
 def test_a_rerun_uses_the_cache_and_sends_no_batch(
@@ -235,8 +237,10 @@ def test_edits_in_batch_mode_send_their_inputs_as_data_urls(
     for key in "abc":
         source = store.read_record(streets.key, key)
         edit = store.read_record(night.key, key)
-        assert source is not None and edit is not None
-        assert edit.mode == "batch" and edit.sources[0].sha256 == source.sha256
+        assert source is not None
+        assert edit is not None
+        assert edit.mode == "batch"
+        assert edit.sources[0].sha256 == source.sha256
         assert edit.usage["input_image_tokens"] > 0, "the input image reached the emulator"
     assert len(materializations(instance, night.key)) == 3
 
@@ -256,7 +260,8 @@ def test_gateway_is_refused_before_any_request(
     assert not result.success
     message = step_failure_message(result)
     assert "provider='gateway'" in message
-    assert "no request was sent" in message and "mode='sync'" in message
+    assert "no request was sent" in message
+    assert "mode='sync'" in message
     assert emulator.stats.requests == 0
     assert materializations(instance, asset.key) == {}
 
@@ -273,7 +278,7 @@ def test_budget_counts_batch_prices(tmp_path: Path, instance: dg.DagsterInstance
     assert batch == pytest.approx(sync / 2)
     # A budget between the batch and the sync estimate of 4 images: refused in sync, run in batch.
     cap = 4 * (sync + batch) / 2
-    resources, emulator = emulator_resources(tmp_path / "store", batch_completion_s=0.1, **POLL)
+    resources, _emulator = emulator_resources(tmp_path / "store", batch_completion_s=0.1, **POLL)
     for mode, succeeds in (("sync", False), ("batch", True)):
         asset = image_generation_asset(
             name=f"budget_{mode}",

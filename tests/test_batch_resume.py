@@ -155,6 +155,7 @@ def test_a_killed_run_is_resumed_without_a_second_batch(
     materialized = instance.get_materialized_partitions(dg.AssetKey("lights"))
     assert sorted(materialized) == KEYS
     first = store.read_record(dg.AssetKey("lights"), "k0")
-    assert first is not None and first.batch_id == record.batch_id
+    assert first is not None
+    assert first.batch_id == record.batch_id
     assert read_records(store, dg.AssetKey("lights")) == []
     instance.dispose()
