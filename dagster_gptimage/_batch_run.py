@@ -66,7 +66,13 @@ from dagster_gptimage.models import EditRequest, ImageParams, ImageRequest, Usag
 from dagster_gptimage.pricing import cost_of_usage
 from dagster_gptimage.storage import ImageRecord, ImageStore
 
-__all__ = ["BATCH_PROVIDERS", "MAX_DATA_URL_BYTES", "BatchRun", "refuse_unbatchable"]
+__all__ = [
+    "BATCH_PROVIDERS",
+    "MAX_DATA_URL_BYTES",
+    "BatchRun",
+    "data_url_problem",
+    "refuse_unbatchable",
+]
 
 BATCH_PROVIDERS = ("openai", "emulator")
 MAX_DATA_URL_BYTES = 20 * 1024 * 1024
@@ -366,6 +372,8 @@ class BatchRun:
         try:
             batch = await self._wait(api, record)
         except GPTImageError as error:
+            if resumed and error.status_code == 404:
+                return await self._forget(record, mine)
             self._fail_ids(
                 mine,
                 failure_reason(error),
@@ -402,6 +410,18 @@ class BatchRun:
             )
         await self._settle(record)
         return retry
+
+    async def _forget(self, record: BatchRecord, mine: set[str]) -> list[Planned]:
+        """A recorded batch the provider does not know (an in-process emulator's, gone with its
+        process): nothing of it was paid here, so its lines are sent again."""
+        self._log(
+            f"{self.name}: batch {record.batch_id} of an earlier run is unknown to "
+            f"{self.client.provider} (404): its {len(mine)} requests are sent again"
+        )
+        await asyncio.to_thread(remove_record, self.store, record)
+        return [
+            self.pending.pop(custom_id) for custom_id in sorted(mine) if custom_id in self.pending
+        ]
 
     async def _wait(self, api: BatchAPI, record: BatchRecord) -> BatchObject:
         assert record.batch_id is not None

@@ -20,12 +20,13 @@ from _assets_support import (
 )
 from dagster._core.test_utils import instance_for_test
 
-from dagster_gptimage._batch_records import read_records, records_url
+from dagster_gptimage._batch_records import BatchRecord, read_records, records_url, write_record
+from dagster_gptimage._batch_run import data_url_problem
 from dagster_gptimage.assets import image_edit_asset, image_generation_asset
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.emulator import Emulator
 from dagster_gptimage.errors import DefinitionError
-from dagster_gptimage.models import Usage
+from dagster_gptimage.models import EditRequest, InputImage, Usage
 from dagster_gptimage.pricing import DEFAULT_PRICES, cost_of_usage
 from dagster_gptimage.prompts import PromptTable
 from dagster_gptimage.resource import GPTImageResource
@@ -291,3 +292,64 @@ def test_budget_counts_batch_prices(tmp_path: Path, instance: dg.DagsterInstance
         result = materialize_range([asset], resources, "p00", "p03", instance=instance)
         assert result.success is succeeds
     assert records_url(resources["image_store"], "x").endswith("/x/_batches")
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[BatchRecord]:
+    """Every batch record the runs write, as written."""
+    from dagster_gptimage import _batch_run
+
+    written: list[BatchRecord] = []
+
+    def capture(store: ImageStore, record: BatchRecord) -> None:
+        written.append(record)
+        write_record(store, record)
+
+    monkeypatch.setattr(_batch_run, "write_record", capture)
+    return written
+
+
+def forget_images(store: ImageStore, asset_key: dg.AssetKey) -> None:
+    for record in store.list_records(asset_key):
+        store.fs.rm_file(store.fs._strip_protocol(record.path))
+
+
+@pytest.mark.parametrize("batch_id", [None, "batch_unknown"])
+def test_records_of_a_crashed_submission_are_resolved(
+    tmp_path: Path, instance: dg.DagsterInstance, captured: list[BatchRecord], batch_id: str | None
+) -> None:
+    """A record without batch id (the run died between upload and creation): the batch is looked
+    up by its input file and collected. A batch the provider does not know: sent again."""
+    asset = image_generation_asset(name="crashy", prompts=prompts(4), size=SMALL, mode="batch")
+    resources, emulator = emulator_resources(tmp_path / "store", batch_completion_s=0.1, **POLL)
+    store: ImageStore = resources["image_store"]
+    assert materialize_range([asset], resources, "p00", "p03", instance=instance).success
+    before_creation = captured[0]
+    assert before_creation.batch_id is None
+    assert captured[1].batch_id is not None
+    forget_images(store, asset.key)
+    write_record(store, before_creation.model_copy(update={"batch_id": batch_id}))
+
+    again = materialize_range([asset], resources, "p00", "p03", instance=instance)
+
+    assert again.success
+    assert emulator.stats.batch_calls["batches.create"] == (1 if batch_id is None else 2)
+    assert emulator.stats.batch_lines_billed == (4 if batch_id is None else 8)
+    made = materializations(instance, asset.key, run_id=again.run_id)
+    assert sorted(made) == ["p00", "p01", "p02", "p03"]
+    assert not any(value(mat.metadata, "cached") for mat in made.values())
+    assert read_records(store, asset.key) == []
+    if batch_id is not None:
+        assert any("unknown to emulator (404)" in m for m in logs(again, instance))
+
+
+def test_edit_inputs_above_20_mib_cannot_be_batched() -> None:
+    def edit(size: int) -> EditRequest:
+        image = InputImage(data=b"\0" * size, filename="in.png", content_type="image/png")
+        return EditRequest(prompt="the same at night", images=(image,))
+
+    problem = data_url_problem(edit(16 * 2**20))
+    assert problem is not None
+    assert "input image 1 is 16.0 MiB" in problem
+    assert "at most 20 MiB" in problem
+    assert data_url_problem(edit(14 * 2**20)) is None
