@@ -21,7 +21,7 @@ from _assets_support import (
 from dagster._core.test_utils import instance_for_test
 
 from dagster_gptimage._batch_records import BatchRecord, read_records, records_url, write_record
-from dagster_gptimage._batch_run import data_url_problem
+from dagster_gptimage._batch_submit import data_url_problem
 from dagster_gptimage.assets import image_edit_asset, image_generation_asset
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.emulator import Emulator
@@ -297,7 +297,7 @@ def test_budget_counts_batch_prices(tmp_path: Path, instance: dg.DagsterInstance
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[BatchRecord]:
     """Every batch record the runs write, as written."""
-    from dagster_gptimage import _batch_run
+    from dagster_gptimage import _batch_submit
 
     written: list[BatchRecord] = []
 
@@ -305,7 +305,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[BatchRecord]:
         written.append(record)
         write_record(store, record)
 
-    monkeypatch.setattr(_batch_run, "write_record", capture)
+    monkeypatch.setattr(_batch_submit, "write_record", capture)
     return written
 
 
