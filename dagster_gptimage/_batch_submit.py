@@ -25,7 +25,7 @@ from dagster_gptimage._batchfile import BatchFile, BatchItem, batch_files
 from dagster_gptimage._plan import Failed, Planned, Planner, SourceProblem, short_error
 from dagster_gptimage._urls import redact_url
 from dagster_gptimage.client import GPTImageClient
-from dagster_gptimage.errors import GPTImageError, failure_reason
+from dagster_gptimage.errors import GPTImageError, InvalidRequestError, failure_reason
 from dagster_gptimage.models import EditRequest, ImageRequest
 from dagster_gptimage.storage import ImageStore
 
@@ -80,6 +80,9 @@ class Submitter:
                 request = planned.request or self.edit_request(planned)
             except SourceProblem as error:
                 failed.append(Failed(planned.key, "source", str(error)))
+                continue
+            except InvalidRequestError as error:
+                failed.append(Failed(planned.key, "invalid", short_error(error)))
                 continue
             problem = data_url_problem(request)
             if problem is not None:
