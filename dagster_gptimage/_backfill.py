@@ -4,7 +4,8 @@ One run materializes many partitions (a single-run backfill), so the body is bui
 
 1. Plan every partition of the run before sending anything (``_plan``): one bad row fails the run
    with zero requests sent; a budget that the estimate already exceeds refuses the run the same way.
-2. Send the uncached requests concurrently (``_execute``), within the budget.
+2. Send the uncached requests concurrently (``_execute``), within the budget; in batch mode, as
+   Batch API jobs (``_batch_run``).
 3. As each image is stored, yield its partition's ``AssetMaterialization`` at once (``_events``), so
    that a failure of other partitions, or a crash of the whole run, keeps every finished one.
 4. At the end, let downstream image steps of this run start (``_dagster.downstream_signal``), and
@@ -21,6 +22,7 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_gptimage._batch_run import BatchRun, refuse_unbatchable
 from dagster_gptimage._checks import (
     CHECK_NAME,
     check_result,
@@ -191,6 +193,8 @@ class _Run:
         )
 
     def events(self, keys: Sequence[str], loop: LoopThread) -> Iterator[Any]:
+        if self.job.mode == "batch":
+            refuse_unbatchable(self.client, self.name)
         plans = loop.run(self.planner.plan(keys))
         self._refuse_invalid(plans, len(keys))
         planned = [p for p in plans if isinstance(p, Planned)]
@@ -265,7 +269,11 @@ class _Run:
     def _executed(self, todo: Sequence[Planned], loop: LoopThread) -> Iterator[Any]:
         out: queue.Queue[Any] = queue.Queue()
         progress = self._start_progress(len(self.context.partition_keys), todo)
-        pipeline = loop.submit(self.executor.execute_all(todo, out))
+        pipeline = loop.submit(
+            self.batch_run().run(todo, out)
+            if self.job.mode == "batch"
+            else self.executor.execute_all(todo, out)
+        )
         while True:
             self._log_progress()
             outcome = next_item(out, self._log_progress)
@@ -273,6 +281,9 @@ class _Run:
                 pipeline.result()
                 self.images_per_minute = progress.images_per_minute(self.tally.made)
                 return
+            if isinstance(outcome, str):
+                self.context.log.info(outcome)
+                continue
             if isinstance(outcome, Failed):
                 self.tally.fail(outcome)
                 self.context.log.warning(
@@ -285,6 +296,16 @@ class _Run:
             yield self._materialization(
                 outcome.record, outcome.planned, cached=False, preview=outcome.preview
             )
+
+    def batch_run(self) -> BatchRun:
+        return BatchRun(
+            self.planner,
+            self.client,
+            self.planner.store,
+            self.budget,
+            keys=self.context.partition_keys,
+            run_id=self.context.run.run_id,
+        )
 
     def _finish(self, total: int) -> Iterator[Any]:
         tally = self.tally

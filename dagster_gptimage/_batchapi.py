@@ -143,6 +143,11 @@ class BatchAPI:
         ) as http:
             yield cls(http, settings, **options)
 
+    @property
+    def settings(self) -> providers.ProviderSettings:
+        """The provider settings the batch lines are written for (``batch_files`` needs them)."""
+        return self._settings
+
     def _url(self, path: str) -> str:
         return f"{self._settings.base_url}/{path}"
 

@@ -10,9 +10,12 @@ import dagster as dg
 
 from dagster_gptimage.prompts import PromptTable
 
-__all__ = ["ImageJob", "Kind", "attach_job", "image_children", "image_job"]
+__all__ = ["ImageJob", "Kind", "Mode", "attach_job", "image_children", "image_job"]
 
 Kind = Literal["generate", "edit"]
+Mode = Literal["sync", "batch"]
+"""How a run sends its requests: one by one as they are planned (sync), or as one Batch API job
+at half price, finished within 24 hours (batch; see ``_batch_run``)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ImageJob:
     code_version: str | None = None
     prompts_key: dg.AssetKey | None = None
     """The prompt-rows asset upstream of a generation asset (its data versions are the rows')."""
+    mode: Mode = "sync"
 
 
 _JOB_ATTRIBUTE = "gptimage_job"

@@ -79,6 +79,8 @@ RESERVED_METADATA_KEYS = frozenset(
         "preview",
         "row",
         "original_cost_usd",
+        "mode",
+        "batch_id",
     }
 )
 """Metadata keys this package writes; a prompt-table column with one of these names goes under
@@ -169,7 +171,8 @@ def partition_metadata(
 
     ``cost_usd``, ``latency_s``, ``attempts`` and ``possibly_billed_attempts`` describe this
     materialization: a cache hit cost nothing (``original_cost_usd`` keeps what the image cost when
-    it was made). Everything else describes the image.
+    it was made). Everything else describes the image (``mode`` and ``batch_id``: how it was
+    requested).
     """
     usage = record.usage or {}
     params = record.params or {}
@@ -209,6 +212,9 @@ def partition_metadata(
         "path": dg.MetadataValue.path(record.path),
         "fingerprint": dg.MetadataValue.text(record.fingerprint),
     }
+    metadata["mode"] = dg.MetadataValue.text(record.mode or "sync")
+    if record.batch_id:
+        metadata["batch_id"] = dg.MetadataValue.text(record.batch_id)
     if cached:
         metadata["original_cost_usd"] = dg.MetadataValue.float(float(record.cost_usd))
     if record.revised_prompt:

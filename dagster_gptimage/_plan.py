@@ -236,7 +236,7 @@ class Planner:
             params=params,
             fingerprint=request_fingerprint(request, emulated=self.emulated, revision=revision),
             revision=revision,
-            estimate_usd=self.client.estimate_cost(request),
+            estimate_usd=self.client.estimate_cost(request, batch=self.job.mode == "batch"),
             extra=dict(row.extra) if row is not None else {},
             request=request if self.job.kind == "generate" else None,
             sources=sources,

@@ -22,7 +22,7 @@ from pydantic import Field
 from dagster_gptimage import validation
 from dagster_gptimage._backfill import run_image_asset
 from dagster_gptimage._checks import CHECK_NAME, check_spec
-from dagster_gptimage._job import ImageJob, attach_job
+from dagster_gptimage._job import ImageJob, Mode, attach_job
 from dagster_gptimage._urls import redact_url
 from dagster_gptimage.errors import DefinitionError, InvalidRequestError
 from dagster_gptimage.images import load_input_image
@@ -173,6 +173,16 @@ def _backfill_policy(max_partitions_per_run: int | None) -> dg.BackfillPolicy:
     return dg.BackfillPolicy.multi_run(max_partitions_per_run)
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in ("sync", "batch"):
+        raise DefinitionError(
+            f"mode={mode!r}; accepted: 'sync' or 'batch'",
+            field="mode",
+            fix="use 'sync' (one request per partition, now) or 'batch' (the Batch API: half "
+            "price, within 24 hours)",
+        )
+
+
 def _check_budget(max_cost_usd: float | None) -> None:
     if max_cost_usd is not None and not max_cost_usd >= 0:
         raise DefinitionError(
@@ -249,6 +259,7 @@ def image_generation_asset(
     pool: str | None = None,
     code_version: str | None = None,
     prompts_key: str | Sequence[str] | dg.AssetKey | None = None,
+    mode: Mode = "sync",
     **request_params: Any,
 ) -> dg.AssetsDefinition:
     """A partitioned image asset with one partition per row of ``prompts`` (key = partition key).
@@ -269,6 +280,10 @@ def image_generation_asset(
     The asset depends on its prompt rows, ``prompts_key`` (default ``<name>_prompts``): add
     ``prompt_rows_asset(asset)`` to your definitions to see them in the asset graph with one data
     version per row, so that a changed row marks exactly its image partition stale.
+
+    ``mode="batch"`` sends a run's uncached requests through OpenAI's Batch API: half the price,
+    results within 24 hours (providers openai and emulator; see docs/batch.md). A run waits for its
+    batches, and a rerun after a crash or termination collects them instead of paying again.
     """
     asset_key = _asset_key(name, key_prefix)
     rows_key = (
@@ -278,6 +293,7 @@ def image_generation_asset(
     )
     what = f"image asset {asset_key.to_user_string()}"
     _check_budget(max_cost_usd)
+    _check_mode(mode)
     defaults = request_defaults(what, edit=False, model=model, **request_params)
     _validate_rows(prompts, defaults, edit=False, what=what)
     partitions_def = _partitions(prompts.keys, partitioning, asset_key)
@@ -293,6 +309,7 @@ def image_generation_asset(
         dynamic=partitioning == "dynamic",
         code_version=code_version,
         prompts_key=rows_key,
+        mode=mode,
     )
     return _build(
         job,
@@ -304,6 +321,7 @@ def image_generation_asset(
             "prompt_rows": dg.MetadataValue.int(len(prompts)),
             "image_defaults": dg.MetadataValue.json(defaults),
             "partitioning": dg.MetadataValue.text(partitioning),
+            "request_mode": dg.MetadataValue.text(mode),
         },
         group_name=group_name,
         automation_condition=automation_condition,
@@ -443,6 +461,7 @@ def image_edit_asset(
     owners: Sequence[str] | None = None,
     pool: str | None = None,
     code_version: str | None = None,
+    mode: Mode = "sync",
     **request_params: Any,
 ) -> dg.AssetsDefinition:
     """An image asset editing the images of ``sources``, partition by partition.
@@ -457,11 +476,13 @@ def image_edit_asset(
     Sources may be edit assets: edits of edits work. With
     ``automation_condition=dg.AutomationCondition.eager()`` edits follow their sources partition by
     partition. ``partitions_def`` is only needed when a source is given by key and was not made by
-    this package.
+    this package. ``mode="batch"`` sends the edits through the Batch API, inputs as data URLs of at
+    most 20 MiB each (see ``image_generation_asset`` and docs/batch.md).
     """
     asset_key = _asset_key(name, key_prefix)
     what = f"image edit asset {asset_key.to_user_string()}"
     _check_budget(max_cost_usd)
+    _check_mode(mode)
     _check_edit_arguments(prompt, prompts, mask, mask_column, what=what)
     source_keys, shared = _source_partitions(sources, partitions_def, what=what)
     if asset_key in source_keys:
@@ -501,6 +522,7 @@ def image_edit_asset(
         store_key=store_key,
         dynamic=isinstance(shared, dg.DynamicPartitionsDefinition),
         code_version=code_version,
+        mode=mode,
     )
     names = ", ".join(key.to_user_string() for key in source_keys)
     if description is None:
@@ -512,6 +534,7 @@ def image_edit_asset(
     metadata: dict[str, Any] = {
         "edit_sources": dg.MetadataValue.json([key.to_user_string() for key in source_keys]),
         "image_defaults": dg.MetadataValue.json(defaults),
+        "request_mode": dg.MetadataValue.text(mode),
     }
     if prompt is not None:
         metadata["edit_prompt"] = dg.MetadataValue.text(prompt)

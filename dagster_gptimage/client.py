@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from dagster_gptimage import _providers as providers
 from dagster_gptimage import _retry, _transport
 from dagster_gptimage._accounts import account_limiter
+from dagster_gptimage._batchapi import BatchAPI
 from dagster_gptimage._billing import Tally
 from dagster_gptimage._exchange import Exchange
 from dagster_gptimage._loop import LoopThread
@@ -228,9 +229,19 @@ class GPTImageClient:
         validate_request(request, provider=self.provider)
         return request
 
-    def estimate_cost(self, request: ImageRequest) -> float:
-        """Pre-flight USD estimate of one attempt of ``request`` (all ``n`` images)."""
-        return estimate_cost(request, self.prices)
+    def estimate_cost(self, request: ImageRequest, *, batch: bool = False) -> float:
+        """Pre-flight USD estimate of one attempt of ``request`` (all ``n`` images); ``batch=True``
+        at Batch API prices."""
+        return estimate_cost(request, self.prices, batch=batch)
+
+    def batch_api(self) -> contextlib.AbstractAsyncContextManager[BatchAPI]:
+        """The Files and Batches endpoints of this client's provider (OpenAI or the emulator), on a
+        connection of their own, closed on exit: ``async with client.batch_api() as api: ...``."""
+        return BatchAPI.connect(
+            self._settings,
+            emulator=self._emulator,
+            timeout_s=self.timeout_s,
+        )
 
     # --- async API -----------------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ _YAML_FIELDS: Mapping[str, str] = {
     "partitioning": "partitioning",
     "max_cost_usd": "max_cost_usd",
     "max_partitions_per_run": "max_partitions_per_run",
+    "mode": "mode",
     "asset": "sensor",
 }
 """The YAML field behind each argument a factory may blame (``DefinitionError.field``,
@@ -232,6 +233,11 @@ class EditStep(_PreciseSchema, dg.Model, RequestDefaults):
     max_cost_usd: float | None = Field(
         default=None, ge=0, description="Budget per run. Default: the component's max_cost_usd."
     )
+    mode: Literal["sync", "batch"] | None = Field(
+        default=None,
+        description="sync or batch (the Batch API: half price, within 24 hours). Default: the "
+        "component's mode.",
+    )
     description: str | None = None
 
     def request_params(self) -> dict[str, Any]:
@@ -311,6 +317,11 @@ class GPTImageComponent(dg.Component, _PreciseSchema, dg.Model, GenerationDefaul
         default=None,
         ge=1,
         description="Split backfills into runs of at most this many partitions. Default: one run.",
+    )
+    mode: Literal["sync", "batch"] = Field(
+        default="sync",
+        description="sync: one request per partition, images within minutes; batch: OpenAI's "
+        "Batch API, half price, images within 24 hours (openai and emulator providers).",
     )
     group_name: str | None = None
     key_prefix: str | list[str] | None = Field(
@@ -515,6 +526,7 @@ class _Builder(YamlSite):
                 model=c.image_model,
                 partitioning=c.partitioning,
                 max_cost_usd=c.max_cost_usd,
+                mode=c.mode,
                 prompts_key=[*_prefix(c.key_prefix), c.prompts_key] if c.prompts_key else None,
                 automation_condition=_automation(c.automation),
                 **c.request_params(),
@@ -677,6 +689,7 @@ class _Builder(YamlSite):
                 max_cost_usd=(
                     step.max_cost_usd if step.max_cost_usd is not None else self.c.max_cost_usd
                 ),
+                mode=step.mode or self.c.mode,
                 **step.request_params(),
                 **common,
             ),

@@ -80,6 +80,16 @@ class ClientOptions(BaseModel):
     allow_insecure_downloads: bool = Field(
         default=False, description="Allow plain-http image URLs from non-loopback hosts."
     )
+    batch_poll_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often a batch-mode run asks the Batch API how its batches are doing.",
+    )
+    batch_cancel_on_terminate: bool = Field(
+        default=False,
+        description="Cancel a run's pending batches when the run is terminated. Off by default: "
+        "the batch keeps running and a rerun collects its images (lines done are paid anyway).",
+    )
     emulator_name: str = Field(
         default="default",
         description="Which in-process emulator serves provider=emulator (without base_url; "

@@ -82,7 +82,9 @@ class ImageRecord(BaseModel):
     store a record that disagrees with its image. Unknown fields are ignored so that records written
     by newer versions stay readable. ``revision`` is the prompt row's revision, part of the request
     fingerprint (None when the row has none). ``decoded`` and ``preview`` are set by the image
-    assets, which verify every image before storing it.
+    assets, which verify every image before storing it. ``mode`` is how the image was requested
+    ("batch" for the Batch API; None means synchronously, as records written before batch mode
+    were), and ``batch_id`` the batch that made it.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -120,6 +122,8 @@ class ImageRecord(BaseModel):
     preview: str | None = Field(default=None, repr=False)
     """A ``data:`` URI of a small thumbnail made from those decoded pixels, so that a cache hit
     shows its image in Dagster without decoding it."""
+    mode: str | None = None
+    batch_id: str | None = None
 
 
 @dataclass(frozen=True)

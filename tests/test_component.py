@@ -26,6 +26,7 @@ from _assets_support import SMALL, emulator_resources, materializations, materia
 from dagster.components.testing import DefsFolderSandbox
 
 from dagster_gptimage import GPTImageResource, ImageStore, PromptTable
+from dagster_gptimage._job import image_job
 from dagster_gptimage.assets import image_edit_asset, image_generation_asset
 from dagster_gptimage.component import (
     EditStep,
@@ -547,6 +548,31 @@ def test_gallery_and_automation_blocks(project: Project) -> None:
     assert graph.get(dg.AssetKey("scenes")).parent_keys == {dg.AssetKey("rows")}
     assert graph.get(dg.AssetKey("scenes")).automation_condition is not None
     assert graph.get(dg.AssetKey("scenes_gallery")).parent_keys == {dg.AssetKey("scenes")}
+
+
+def test_mode_reaches_the_assets_and_edit_steps_inherit_it(project: Project) -> None:
+    project.component(
+        "scenes",
+        basic(
+            mode="batch",
+            resource={"provider": "emulator", "batch_poll_interval_s": 5},
+            edits=[
+                {"name": "night", "prompt": "at night"},
+                {"name": "dusk", "prompt": "at dusk", "mode": "sync"},
+            ],
+        ),
+        files={"prompts.csv": PROMPTS_CSV},
+    )
+    defs = with_resources(project.build())
+    graph = defs.resolve_asset_graph()
+    modes = {}
+    for name in ("scenes", "night", "dusk"):
+        job = image_job(graph.get(dg.AssetKey(name)).assets_def)
+        assert job is not None
+        modes[name] = job.mode
+    assert modes == {"scenes": "batch", "night": "batch", "dusk": "sync"}
+    resource = (defs.resources or {})["gptimage__scenes"]
+    assert resource.batch_poll_interval_s == 5
 
 
 def test_secrets_in_yaml_are_refused_without_being_shown(project: Project) -> None:
