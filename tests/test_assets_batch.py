@@ -247,12 +247,13 @@ def test_edits_in_batch_mode_send_their_inputs_as_data_urls(
 
 
 def test_gateway_is_refused_before_any_request(
-    tmp_path: Path, instance: dg.DagsterInstance
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("GATED_TEST_KEY", "sk-test")
     asset = image_generation_asset(name="gated", prompts=prompts(2), size=SMALL, mode="batch")
     emulator = Emulator(profile="gateway")
     resource = GPTImageResource(
-        provider="gateway", api_key="sk-test", base_url="http://gw.invalid/v1"
+        provider="gateway", api_key=dg.EnvVar("GATED_TEST_KEY"), base_url="http://gw.invalid/v1"
     )
     resources = {"gptimage": resource, "image_store": ImageStore(base_url=str(tmp_path))}
 
