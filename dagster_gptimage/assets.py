@@ -439,6 +439,69 @@ def _check_edit_arguments(
         )
 
 
+def _check_not_own_source(
+    asset_key: dg.AssetKey, source_keys: Sequence[dg.AssetKey], *, what: str
+) -> None:
+    if asset_key in source_keys:
+        raise DefinitionError(
+            f"{what}: an edit asset cannot be its own source",
+            field="sources",
+            fix="remove the asset itself from its sources",
+        )
+
+
+def _validate_edit_prompts(
+    prompt: str | None,
+    prompts: PromptTable | None,
+    shared: dg.PartitionsDefinition,
+    defaults: Mapping[str, Any],
+    *,
+    what: str,
+) -> None:
+    """The table's rows (one per source partition) or the fixed prompt, valid for some model."""
+    if prompts is None:
+        assert prompt is not None
+        _validate_fixed_prompt(prompt, defaults, what=what)
+        return
+    _validate_rows(prompts, defaults, edit=True, what=what)
+    if isinstance(shared, dg.StaticPartitionsDefinition):
+        missing = [key for key in shared.get_partition_keys() if key not in prompts]
+        if missing:
+            raise DefinitionError(
+                f"{what}: the prompts table has no row for {len(missing)} source partitions: "
+                f"{', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}",
+                field="prompts",
+                fix="add a row for each of them to the prompts table, or change the "
+                "declaration so that the sources' partitions match it",
+            )
+
+
+def _edit_description(
+    job: ImageJob, description: str | None, mask: str | None
+) -> tuple[str, dict[str, Any]]:
+    """An edit asset's description (given, or made from its sources and prompt) and metadata."""
+    names = [key.to_user_string() for key in job.sources]
+    if description is None:
+        description = (
+            f"Edits of {', '.join(names)}: {job.prompt}"
+            if job.prompt is not None
+            else f"Edits of {', '.join(names)} with per-key prompts from "
+            f"{job.prompts.source if job.prompts else ''}"
+        )
+    metadata: dict[str, Any] = {
+        "edit_sources": dg.MetadataValue.json(names),
+        "image_defaults": dg.MetadataValue.json(dict(job.defaults)),
+        "request_mode": dg.MetadataValue.text(job.mode),
+    }
+    if job.prompt is not None:
+        metadata["edit_prompt"] = dg.MetadataValue.text(job.prompt)
+    if job.prompts is not None:
+        metadata["prompt_table"] = dg.MetadataValue.text(job.prompts.source or "in-memory records")
+    if mask is not None:
+        metadata["mask"] = dg.MetadataValue.text(redact_url(mask))
+    return description, metadata
+
+
 def image_edit_asset(
     *,
     name: str,
@@ -471,8 +534,9 @@ def image_edit_asset(
     ``ImageStore``, not an IO manager) are sent in order as the edit's input images. Give one
     ``prompt`` for every partition or a ``prompts`` table keyed like the sources (its request-field
     columns override per row; ``request_params`` are request defaults as in
-    ``image_generation_asset``, plus ``input_fidelity``). ``mask`` is a fixed PNG (path or fsspec URL); ``mask_column`` names a
-    ``prompts`` column holding a per-key mask path (relative paths resolve next to a local table).
+    ``image_generation_asset``, plus ``input_fidelity``). ``mask`` is a fixed PNG (path or fsspec
+    URL); ``mask_column`` names a ``prompts`` column holding a per-key mask path (relative paths
+    resolve next to a local table).
     Sources may be edit assets: edits of edits work. With
     ``automation_condition=dg.AutomationCondition.eager()`` edits follow their sources partition by
     partition. ``partitions_def`` is only needed when a source is given by key and was not made by
@@ -485,28 +549,9 @@ def image_edit_asset(
     _check_mode(mode)
     _check_edit_arguments(prompt, prompts, mask, mask_column, what=what)
     source_keys, shared = _source_partitions(sources, partitions_def, what=what)
-    if asset_key in source_keys:
-        raise DefinitionError(
-            f"{what}: an edit asset cannot be its own source",
-            field="sources",
-            fix="remove the asset itself from its sources",
-        )
+    _check_not_own_source(asset_key, source_keys, what=what)
     defaults = request_defaults(what, edit=True, model=model, **request_params)
-    if prompts is not None:
-        _validate_rows(prompts, defaults, edit=True, what=what)
-        if isinstance(shared, dg.StaticPartitionsDefinition):
-            missing = [key for key in shared.get_partition_keys() if key not in prompts]
-            if missing:
-                raise DefinitionError(
-                    f"{what}: the prompts table has no row for {len(missing)} source partitions: "
-                    f"{', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}",
-                    field="prompts",
-                    fix="add a row for each of them to the prompts table, or change the "
-                    "declaration so that the sources' partitions match it",
-                )
-    else:
-        assert prompt is not None
-        _validate_fixed_prompt(prompt, defaults, what=what)
+    _validate_edit_prompts(prompt, prompts, shared, defaults, what=what)
     fixed_mask = _local_mask(mask, what=what) if mask is not None else None
     job = ImageJob(
         asset_key=asset_key,
@@ -524,24 +569,7 @@ def image_edit_asset(
         code_version=code_version,
         mode=mode,
     )
-    names = ", ".join(key.to_user_string() for key in source_keys)
-    if description is None:
-        description = (
-            f"Edits of {names}: {prompt}"
-            if prompt is not None
-            else f"Edits of {names} with per-key prompts from {prompts.source if prompts else ''}"
-        )
-    metadata: dict[str, Any] = {
-        "edit_sources": dg.MetadataValue.json([key.to_user_string() for key in source_keys]),
-        "image_defaults": dg.MetadataValue.json(defaults),
-        "request_mode": dg.MetadataValue.text(mode),
-    }
-    if prompt is not None:
-        metadata["edit_prompt"] = dg.MetadataValue.text(prompt)
-    if prompts is not None:
-        metadata["prompt_table"] = dg.MetadataValue.text(prompts.source or "in-memory records")
-    if mask is not None:
-        metadata["mask"] = dg.MetadataValue.text(redact_url(mask))
+    description, metadata = _edit_description(job, description, mask)
     return _build(
         job,
         partitions_def=shared,
