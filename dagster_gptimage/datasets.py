@@ -601,6 +601,29 @@ def _manifest_sources(asset: dg.AssetsDefinition) -> list[dg.AssetKey] | None:
     return [dg.AssetKey.from_user_string(str(name)) for name in names]
 
 
+def _export_sources(
+    sources: Sequence[dg.AssetsDefinition | dg.AssetKey | str],
+) -> tuple[list[dg.AssetKey], list[dg.AssetKey]]:
+    """The export's deps (manifests stand for their sources) and the image assets it exports."""
+    deps: list[dg.AssetKey] = []
+    image_keys: list[dg.AssetKey] = []
+    for source in sources:
+        manifest_sources = (
+            _manifest_sources(source) if isinstance(source, dg.AssetsDefinition) else None
+        )
+        if manifest_sources is not None:
+            assert isinstance(source, dg.AssetsDefinition)
+            deps.append(source.key)
+            image_keys.extend(key for key in manifest_sources if key not in image_keys)
+        else:
+            for key in _source_keys([source]):
+                deps.append(key)
+                if key not in image_keys:
+                    image_keys.append(key)
+    _source_keys(deps)
+    return deps, image_keys
+
+
 def _asset_key(name: str, key_prefix: str | Sequence[str] | None) -> dg.AssetKey:
     prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
     return dg.AssetKey([*prefix, name])
@@ -878,26 +901,3 @@ def image_dataset_export_asset(
         owners=owners,
         tags=tags,
     )
-
-
-def _export_sources(
-    sources: Sequence[dg.AssetsDefinition | dg.AssetKey | str],
-) -> tuple[list[dg.AssetKey], list[dg.AssetKey]]:
-    """The export's deps (manifests stand for their sources) and the image assets it exports."""
-    deps: list[dg.AssetKey] = []
-    image_keys: list[dg.AssetKey] = []
-    for source in sources:
-        manifest_sources = (
-            _manifest_sources(source) if isinstance(source, dg.AssetsDefinition) else None
-        )
-        if manifest_sources is not None:
-            assert isinstance(source, dg.AssetsDefinition)
-            deps.append(source.key)
-            image_keys.extend(key for key in manifest_sources if key not in image_keys)
-        else:
-            for key in _source_keys([source]):
-                deps.append(key)
-                if key not in image_keys:
-                    image_keys.append(key)
-    _source_keys(deps)
-    return deps, image_keys
