@@ -31,7 +31,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from _dev_support import EmulatorServer, dev_workspace, emulator_process, load_ui
+from _dev_support import LAUNCH_BACKFILL, EmulatorServer, dev_workspace, emulator_process, load_ui
 
 pytestmark = pytest.mark.slow
 
@@ -118,18 +118,6 @@ def project(tmp_path: Path, emulator_server: EmulatorServer) -> Project:
 
 # --- GraphQL: what the UI sends --------------------------------------------------------------
 
-_LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on PartitionKeysNotFoundError { message }
-    ... on InvalidSubsetError { message }
-    ... on UnauthorizedError { message }
-  }
-}
-"""
 _BACKFILL = """
 query($id: String!) {
   partitionBackfillOrError(backfillId: $id) {
@@ -190,7 +178,7 @@ def _asset_keys() -> list[dict[str, list[str]]]:
 
 def _launch_backfill(base_url: str, params: dict[str, Any]) -> str:
     params = {**params, "assetSelection": _asset_keys()}
-    launched = ui.graphql(base_url, _LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    launched = ui.graphql(base_url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     return launched["backfillId"]
 

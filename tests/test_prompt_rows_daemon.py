@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _dev_support import EmulatorServer, dev_workspace, emulator_process, load_ui
+from _dev_support import LAUNCH_BACKFILL, EmulatorServer, dev_workspace, emulator_process, load_ui
 
 pytestmark = pytest.mark.slow
 
@@ -178,17 +178,6 @@ query {
   }
 }
 """
-_LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on PartitionKeysNotFoundError { message }
-    ... on InvalidSubsetError { message }
-  }
-}
-"""
 _EVENTS = """
 query($runId: ID!) {
   logsForRun(runId: $runId, limit: 5000) {
@@ -283,7 +272,7 @@ def _settle(base_url: str, since: float, timeout_s: float, why: Callable[[], str
 
 def _launch_backfill(base_url: str, partitions: Sequence[str]) -> str:
     params = {"partitionNames": list(partitions), "assetSelection": _asset_keys()}
-    launched = ui.graphql(base_url, _LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    launched = ui.graphql(base_url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     return launched["backfillId"]
 
