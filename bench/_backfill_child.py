@@ -17,13 +17,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from bench._common import range_tags
+from bench._common import materialize_range
 from dagster_gptimage.assets import image_generation_asset
 from dagster_gptimage.prompts import PromptTable
 from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.storage import ImageStore
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 ASSET_NAME = "bench_shared_account"
 
 
@@ -61,14 +60,7 @@ def main() -> None:
         print("ready", flush=True)
         sys.stdin.readline()
         started = time.time()
-        result = dg.materialize(
-            [asset],
-            resources=resources,
-            instance=instance,
-            tags=range_tags(table.keys),
-            run_config=QUIET,
-            raise_on_error=False,
-        )
+        result = materialize_range(asset, resources, instance, table.keys)
         ended = time.time()
         done = len(instance.get_materialized_partitions(asset.key))
     print(

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,14 @@ warnings.filterwarnings("ignore", message=".*is currently in preview.*")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = [
+    "QUIET",
     "EmulatorServer",
     "Figure",
     "Report",
     "dagster_home",
     "machine_info",
+    "materialize_range",
+    "quick_main",
     "range_tags",
     "run_materializations",
 ]
@@ -125,6 +128,35 @@ def machine_info() -> dict[str, str]:
         "dagster": dagster.__version__,
         "dagster_gptimage": __version__,
     }
+
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+"""Run config keeping Dagster's per-event console lines out of the measurements' output."""
+
+
+def quick_main(prog: str, run: Callable[..., Any], argv: Any = None) -> None:
+    """The CLI of a benchmark module: ``python -m bench.<name> [--quick]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    run(quick=args.quick)
+
+
+def materialize_range(asset: Any, resources: Mapping[str, Any], instance: Any, keys: Any) -> Any:
+    """One run of ``asset`` over ``keys`` (a contiguous range): what a single-run backfill
+    launches; failures are in the result, not raised."""
+    import dagster as dg
+
+    return dg.materialize(
+        [asset],
+        resources=resources,
+        instance=instance,
+        tags=range_tags(keys),
+        run_config=QUIET,
+        raise_on_error=False,
+    )
 
 
 def range_tags(keys: Sequence[str]) -> dict[str, str]:

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from bench._common import range_tags
+from bench._common import materialize_range
 from dagster_gptimage.assets import image_generation_asset
 from dagster_gptimage.prompts import PromptTable
 from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.storage import ImageStore
-
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _peak_mb() -> float:
@@ -75,14 +73,7 @@ def main() -> None:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         before = _current_mb()
         started = time.perf_counter()
-        result = dg.materialize(
-            [asset],
-            resources=resources,
-            instance=instance,
-            tags=range_tags(table.keys),
-            run_config=QUIET,
-            raise_on_error=False,
-        )
+        result = materialize_range(asset, resources, instance, table.keys)
         wall = time.perf_counter() - started
         done = len(instance.get_materialized_partitions(asset.key))
     if not result.success or done != args.partitions:

@@ -14,7 +14,7 @@ import functools
 import sys
 
 from bench._images import photo_bytes, unique_png
-from dagster_gptimage.emulator import RenderSpec, _core, render
+from dagster_gptimage.emulator import RenderSpec, _bodies, render
 from dagster_gptimage.emulator import __main__ as emulator_main
 
 
@@ -30,7 +30,7 @@ def _photo_render(spec: RenderSpec) -> bytes:
 
 
 def main() -> None:
-    _core.render = _photo_render  # type: ignore[attr-defined]
+    _bodies.render = _photo_render  # type: ignore[attr-defined]
     emulator_main.main(sys.argv[1:])
 
 

@@ -22,7 +22,15 @@ from typing import Any
 
 import dagster as dg
 
-from bench._common import EmulatorServer, Report, dagster_home, range_tags
+from bench._common import (
+    QUIET,
+    EmulatorServer,
+    Report,
+    dagster_home,
+    materialize_range,
+    quick_main,
+    range_tags,
+)
 from bench._images import photo_bytes
 from dagster_gptimage._metadata import data_version_tags, partition_metadata, preview_markdown
 from dagster_gptimage.assets import image_generation_asset
@@ -33,7 +41,6 @@ from dagster_gptimage.storage import ImageRecord, ImageStore
 SIZE = "1024x1024"
 TARGET_RATIO = 1.3
 """The issue's target for N=200, C=16, L=1 s on this 2-core machine (1.10 at first)."""
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """Run config keeping Dagster's per-event console lines out of the benchmark's output."""
 
 
@@ -86,14 +93,7 @@ def measure_backfill(
     server_cpu = server.cpu_seconds()
     cpu = _cpu_self()
     started = time.perf_counter()
-    result = dg.materialize(
-        [asset],
-        resources=resources,
-        instance=instance,
-        tags=range_tags(table.keys),
-        run_config=QUIET,
-        raise_on_error=False,
-    )
+    result = materialize_range(asset, resources, instance, table.keys)
     wall = time.perf_counter() - started
     cpu = _cpu_self() - cpu
     after = server.cpu_seconds()
@@ -335,12 +335,7 @@ def run(*, quick: bool = False) -> Report:
 
 
 def main(argv: Any = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m bench.backfill")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    run(quick=args.quick)
+    quick_main("python -m bench.backfill", run, argv)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ from bench._common import (
     EmulatorServer,
     Report,
     dagster_home,
-    range_tags,
+    materialize_range,
+    quick_main,
     run_materializations,
 )
 from bench._images import photo_bytes
-from bench.backfill import QUIET, SIZE, measure_floor, prompt_table
+from bench.backfill import SIZE, measure_floor, prompt_table
 from dagster_gptimage.assets import image_generation_asset
 from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.storage import ImageStore
@@ -68,14 +69,7 @@ def run(*, quick: bool = False) -> Report:
 
         def backfill() -> tuple[dg.ExecuteInProcessResult, float]:
             started = time.perf_counter()
-            result = dg.materialize(
-                [asset],
-                resources=resources,
-                instance=instance,
-                tags=range_tags(table.keys),
-                run_config=QUIET,
-                raise_on_error=False,
-            )
+            result = materialize_range(asset, resources, instance, table.keys)
             return result, time.perf_counter() - started
 
         first, first_wall = backfill()
@@ -113,12 +107,7 @@ def run(*, quick: bool = False) -> Report:
 
 
 def main(argv: Any = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m bench.cache")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    run(quick=args.quick)
+    quick_main("python -m bench.cache", run, argv)
 
 
 if __name__ == "__main__":

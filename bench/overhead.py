@@ -32,7 +32,7 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
-from bench._common import REPO_ROOT, EmulatorServer, Report
+from bench._common import REPO_ROOT, EmulatorServer, Report, quick_main
 from bench._images import photo_bytes
 from dagster_gptimage import _providers as providers
 from dagster_gptimage._checks import DecodedImage, verify_image
@@ -341,12 +341,7 @@ def run(*, quick: bool = False) -> Report:
 
 
 def main(argv: Any = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m bench.overhead")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    run(quick=args.quick)
+    quick_main("python -m bench.overhead", run, argv)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,7 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_gptimage._dagster import (
-    CODE_VERSION_TAG,
-    DATA_VERSION_IS_USER_PROVIDED_TAG,
-    DATA_VERSION_TAG,
-    NULL_EVENT_POINTER,
-    get_input_data_version_tag,
-    get_input_event_pointer_tag,
-)
+from dagster_gptimage import _dagster
 from dagster_gptimage.images import (
     PREVIEW_MAX_BYTES,
     PREVIEW_MAX_SIDE,
@@ -148,14 +141,14 @@ def data_version_tags(
     versions rather than materialization times).
     """
     tags = {
-        CODE_VERSION_TAG: code_version,
-        DATA_VERSION_TAG: sha256,
-        DATA_VERSION_IS_USER_PROVIDED_TAG: "true",
+        _dagster.CODE_VERSION_TAG: code_version,
+        _dagster.DATA_VERSION_TAG: sha256,
+        _dagster.DATA_VERSION_IS_USER_PROVIDED_TAG: "true",
     }
     for source in inputs:
-        tags[get_input_data_version_tag(source.asset_key)] = source.data_version
-        tags[get_input_event_pointer_tag(source.asset_key)] = (
-            str(source.storage_id) if source.storage_id is not None else NULL_EVENT_POINTER
+        tags[_dagster.get_input_data_version_tag(source.asset_key)] = source.data_version
+        tags[_dagster.get_input_event_pointer_tag(source.asset_key)] = (
+            str(source.storage_id) if source.storage_id is not None else _dagster.NULL_EVENT_POINTER
         )
     return tags
 

@@ -17,7 +17,7 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -601,9 +601,67 @@ def _manifest_sources(asset: dg.AssetsDefinition) -> list[dg.AssetKey] | None:
     return [dg.AssetKey.from_user_string(str(name)) for name in names]
 
 
+def _export_sources(
+    sources: Sequence[dg.AssetsDefinition | dg.AssetKey | str],
+) -> tuple[list[dg.AssetKey], list[dg.AssetKey]]:
+    """The export's deps (manifests stand for their sources) and the image assets it exports."""
+    deps: list[dg.AssetKey] = []
+    image_keys: list[dg.AssetKey] = []
+    for source in sources:
+        manifest_sources = (
+            _manifest_sources(source) if isinstance(source, dg.AssetsDefinition) else None
+        )
+        if manifest_sources is not None:
+            assert isinstance(source, dg.AssetsDefinition)
+            deps.append(source.key)
+            image_keys.extend(key for key in manifest_sources if key not in image_keys)
+        else:
+            for key in _source_keys([source]):
+                deps.append(key)
+                if key not in image_keys:
+                    image_keys.append(key)
+    _source_keys(deps)
+    return deps, image_keys
+
+
 def _asset_key(name: str, key_prefix: str | Sequence[str] | None) -> dg.AssetKey:
     prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
     return dg.AssetKey([*prefix, name])
+
+
+def _store_asset(
+    body: Callable[[dg.AssetExecutionContext, ImageStore], dg.MaterializeResult],
+    *,
+    key: dg.AssetKey,
+    deps: Sequence[dg.AssetKey],
+    store_key: str,
+    kinds: set[str],
+    description: str,
+    group_name: str | None,
+    automation_condition: dg.AutomationCondition | None,
+    owners: Sequence[str] | None,
+    tags: Mapping[str, str] | None,
+    metadata: Mapping[str, Any] | None = None,
+) -> dg.AssetsDefinition:
+    """An unpartitioned asset over ``deps`` (nothing loaded through an IO manager) whose ``body``
+    reads the image store resource ``store_key``: manifests, dataset exports, galleries."""
+
+    @dg.asset(
+        key=key,
+        deps=deps,
+        group_name=group_name,
+        automation_condition=automation_condition,
+        description=description,
+        required_resource_keys={store_key},
+        kinds=kinds,
+        owners=owners,
+        tags=tags,
+        metadata=metadata,
+    )
+    def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        return body(context, getattr(context.resources, store_key))
+
+    return _asset
 
 
 def _cost_metadata(summary: ManifestSummary) -> dict[str, Any]:
@@ -725,20 +783,7 @@ def image_manifest_asset(
         check_url_has_no_credentials(output_url, what="image_manifest_asset output_url")
     names = [key.to_user_string() for key in source_keys]
 
-    @dg.asset(
-        key=asset_key,
-        deps=source_keys,
-        group_name=group_name,
-        automation_condition=automation_condition,
-        description=description or f"Manifest of every stored image of {', '.join(names)}",
-        required_resource_keys={store_key},
-        kinds={"parquet"},
-        owners=owners,
-        tags=tags,
-        metadata={MANIFEST_SOURCES_METADATA_KEY: dg.MetadataValue.json(names)},
-    )
-    def _manifest(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        store: ImageStore = getattr(context.resources, store_key)
+    def manifest(context: dg.AssetExecutionContext, store: ImageStore) -> dg.MaterializeResult:
         target = output_url or _join(store.resolved_base_url, *asset_key.path)
         files = write_manifest(
             _collect(store, source_keys), target, store=store, storage_options=storage_options
@@ -762,7 +807,19 @@ def image_manifest_asset(
         }
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(files.sha256))
 
-    return _manifest
+    return _store_asset(
+        manifest,
+        key=asset_key,
+        deps=source_keys,
+        store_key=store_key,
+        kinds={"parquet"},
+        description=description or f"Manifest of every stored image of {', '.join(names)}",
+        metadata={MANIFEST_SOURCES_METADATA_KEY: dg.MetadataValue.json(names)},
+        group_name=group_name,
+        automation_condition=automation_condition,
+        owners=owners,
+        tags=tags,
+    )
 
 
 def image_dataset_export_asset(
@@ -793,39 +850,11 @@ def image_dataset_export_asset(
     _check_split(split)
     _check_export_columns(caption_column, columns)
     check_url_has_no_credentials(output_url, what="image_dataset_export_asset output_url")
-    deps: list[dg.AssetKey] = []
-    image_keys: list[dg.AssetKey] = []
-    for source in sources:
-        manifest_sources = (
-            _manifest_sources(source) if isinstance(source, dg.AssetsDefinition) else None
-        )
-        if manifest_sources is not None:
-            assert isinstance(source, dg.AssetsDefinition)
-            deps.append(source.key)
-            image_keys.extend(key for key in manifest_sources if key not in image_keys)
-        else:
-            for key in _source_keys([source]):
-                deps.append(key)
-                if key not in image_keys:
-                    image_keys.append(key)
-    _source_keys(deps)
+    deps, image_keys = _export_sources(sources)
     asset_key = _asset_key(name, key_prefix)
     names = [key.to_user_string() for key in image_keys]
 
-    @dg.asset(
-        key=asset_key,
-        deps=deps,
-        group_name=group_name,
-        automation_condition=automation_condition,
-        description=description
-        or f"Hugging Face imagefolder dataset ({split} split) of {', '.join(names)}",
-        required_resource_keys={store_key},
-        kinds={"huggingface", "image"},
-        owners=owners,
-        tags=tags,
-    )
-    def _export(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        store: ImageStore = getattr(context.resources, store_key)
+    def export(context: dg.AssetExecutionContext, store: ImageStore) -> dg.MaterializeResult:
         records = _collect(store, image_keys)
         result = export_imagefolder(
             records,
@@ -859,4 +888,16 @@ def image_dataset_export_asset(
         }
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(result.sha256))
 
-    return _export
+    return _store_asset(
+        export,
+        key=asset_key,
+        deps=deps,
+        store_key=store_key,
+        kinds={"huggingface", "image"},
+        description=description
+        or f"Hugging Face imagefolder dataset ({split} split) of {', '.join(names)}",
+        group_name=group_name,
+        automation_condition=automation_condition,
+        owners=owners,
+        tags=tags,
+    )

@@ -39,6 +39,7 @@ from dagster_gptimage.datasets import (
     _output_store,
     _protocol,
     _source_keys,
+    _store_asset,
     manifest_rows,
     summarize_manifest,
 )
@@ -466,19 +467,7 @@ def image_gallery_asset(
     asset_key = _asset_key(name, key_prefix)
     names = [key.to_user_string() for key in keys]
 
-    @dg.asset(
-        key=asset_key,
-        deps=keys,
-        group_name=group_name,
-        automation_condition=automation_condition,
-        description=description or f"HTML gallery of every stored image of {', '.join(names)}",
-        required_resource_keys={store_key},
-        kinds={"html", "image"},
-        owners=owners,
-        tags=tags,
-    )
-    def _gallery(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        store: ImageStore = getattr(context.resources, store_key)
+    def gallery(context: dg.AssetExecutionContext, store: ImageStore) -> dg.MaterializeResult:
         target = output_url or _join(store.resolved_base_url, *asset_key.path)
         result = build_gallery(
             store,
@@ -498,4 +487,15 @@ def image_gallery_asset(
             metadata=_gallery_metadata(result), data_version=dg.DataVersion(result.sha256)
         )
 
-    return _gallery
+    return _store_asset(
+        gallery,
+        key=asset_key,
+        deps=keys,
+        store_key=store_key,
+        kinds={"html", "image"},
+        description=description or f"HTML gallery of every stored image of {', '.join(names)}",
+        group_name=group_name,
+        automation_condition=automation_condition,
+        owners=owners,
+        tags=tags,
+    )

@@ -70,6 +70,36 @@ def _observes_rows(context: dg.SensorEvaluationContext, prompts_key: dg.AssetKey
     return graph.has(prompts_key) and graph.get(prompts_key).partitions_def is not None
 
 
+def _new_keys(
+    context: dg.SensorEvaluationContext,
+    keys: Sequence[str],
+    existing: set[str],
+    *,
+    dynamic: bool,
+    asset_key: dg.AssetKey,
+) -> list[str]:
+    """Keys of rows that are not partitions yet; static partitions cannot take them (logged)."""
+    new = [key for key in keys if key not in existing]
+    if new and not dynamic:
+        context.log.warning(
+            f"{len(new)} rows have keys that are not partitions of {asset_key.to_user_string()} "
+            f"(static partitions change with a code reload): {_listed(new)}"
+        )
+        return []
+    return new
+
+
+def _changed_versions(
+    context: dg.SensorEvaluationContext, versions: Mapping[str, str], known: set[str]
+) -> dict[str, str]:
+    """Row versions of partition keys that differ from the cursor's (removed rows are logged)."""
+    seen: Mapping[str, str] = json.loads(context.cursor) if context.cursor else {}
+    removed = sorted(key for key in seen if key not in versions)
+    if removed:
+        context.log.info(f"rows removed from the table (images kept): {_listed(removed)}")
+    return {k: v for k, v in versions.items() if k in known and seen.get(k) != v}
+
+
 def prompt_table_sensor(
     asset: dg.AssetsDefinition,
     *,
@@ -116,19 +146,9 @@ def prompt_table_sensor(
         _validate_rows(current, job.defaults, edit=False, what=asset_key.to_user_string())
         versions = row_versions(current)
         existing = set(existing_partitions(partitions_def, context.instance))
-        new = [key for key in current.keys if key not in existing]
-        if new and not dynamic:
-            context.log.warning(
-                f"{len(new)} rows have keys that are not partitions of {asset_key.to_user_string()} "
-                f"(static partitions change with a code reload): {_listed(new)}"
-            )
-            new = []
-        seen: Mapping[str, str] = json.loads(context.cursor) if context.cursor else {}
-        removed = sorted(key for key in seen if key not in versions)
-        if removed:
-            context.log.info(f"rows removed from the table (images kept): {_listed(removed)}")
+        new = _new_keys(context, current.keys, existing, dynamic=dynamic, asset_key=asset_key)
         known = existing | set(new)
-        changed = {k: v for k, v in versions.items() if k in known and seen.get(k) != v}
+        changed = _changed_versions(context, versions, known)
         if not new and not changed:
             return dg.SkipReason(
                 f"{len(current)} rows in {current.source or 'the table'}, no change"

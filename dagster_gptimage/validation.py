@@ -259,59 +259,73 @@ def validate_params(params: ImageParams, *, provider: str | None, edit: bool) ->
     if fmt not in spec.output_formats:
         raise _reject("output_format", fmt, None, spec.output_formats, by=_by_provider(spec))
 
-    compression = params.output_compression
-    if compression is not None:
-        lossy = tuple(f for f in COMPRESSIBLE_FORMATS if f in spec.output_formats)
-        if isinstance(compression, bool) or not isinstance(compression, int):
-            raise _reject(
-                "output_compression", compression, "it is not an integer", "0 to 100 or None"
-            )
-        if not 0 <= compression <= 100:
-            raise _reject("output_compression", compression, None, "0 to 100 or None")
-        if fmt not in lossy:
-            raise _reject(
-                "output_compression",
-                compression,
-                f"it only applies to lossy formats, not output_format={fmt!r}",
-                f"None, or 0 to 100 with output_format {' / '.join(lossy)}",
-            )
+    _check_compression(params.output_compression, fmt, spec)
+    _check_transparency(params, model, fmt)
+    _check_input_fidelity(params, model, edit=edit)
+    _check_gateway_shape(params, model, spec)
 
-    if params.background == "transparent":
-        if not model.transparent_background:
-            supporting = tuple(m.name for m in MODEL_SPECS.values() if m.transparent_background)
-            raise _reject(
-                "background",
-                "transparent",
-                f"{model.name} does not support transparent backgrounds",
-                f"'opaque', 'auto' or None; or a transparent-capable model: {_listing(supporting)}",
-                by=model.name,
-            )
-        if fmt not in ("png", "webp"):
-            raise _reject(
-                "background",
-                "transparent",
-                f"output_format={fmt!r} has no alpha channel",
-                "'transparent' only with output_format 'png' or 'webp'",
-            )
 
-    if params.input_fidelity is not None:
-        supporting = tuple(m.name for m in MODEL_SPECS.values() if m.input_fidelity)
-        if not edit:
-            raise _reject(
-                "input_fidelity",
-                params.input_fidelity,
-                "it only applies to edits",
-                "None for generations",
-            )
-        if not model.input_fidelity:
-            raise _reject(
-                "input_fidelity",
-                params.input_fidelity,
-                None,
-                f"None; or 'high' / 'low' with {_listing(supporting)}",
-                by=model.name,
-            )
+def _check_compression(compression: Any, fmt: str, spec: ProviderSpec) -> None:
+    if compression is None:
+        return
+    lossy = tuple(f for f in COMPRESSIBLE_FORMATS if f in spec.output_formats)
+    if isinstance(compression, bool) or not isinstance(compression, int):
+        raise _reject("output_compression", compression, "it is not an integer", "0 to 100 or None")
+    if not 0 <= compression <= 100:
+        raise _reject("output_compression", compression, None, "0 to 100 or None")
+    if fmt not in lossy:
+        raise _reject(
+            "output_compression",
+            compression,
+            f"it only applies to lossy formats, not output_format={fmt!r}",
+            f"None, or 0 to 100 with output_format {' / '.join(lossy)}",
+        )
 
+
+def _check_transparency(params: ImageParams, model: ModelSpec, fmt: str) -> None:
+    if params.background != "transparent":
+        return
+    if not model.transparent_background:
+        supporting = tuple(m.name for m in MODEL_SPECS.values() if m.transparent_background)
+        raise _reject(
+            "background",
+            "transparent",
+            f"{model.name} does not support transparent backgrounds",
+            f"'opaque', 'auto' or None; or a transparent-capable model: {_listing(supporting)}",
+            by=model.name,
+        )
+    if fmt not in ("png", "webp"):
+        raise _reject(
+            "background",
+            "transparent",
+            f"output_format={fmt!r} has no alpha channel",
+            "'transparent' only with output_format 'png' or 'webp'",
+        )
+
+
+def _check_input_fidelity(params: ImageParams, model: ModelSpec, *, edit: bool) -> None:
+    if params.input_fidelity is None:
+        return
+    supporting = tuple(m.name for m in MODEL_SPECS.values() if m.input_fidelity)
+    if not edit:
+        raise _reject(
+            "input_fidelity",
+            params.input_fidelity,
+            "it only applies to edits",
+            "None for generations",
+        )
+    if not model.input_fidelity:
+        raise _reject(
+            "input_fidelity",
+            params.input_fidelity,
+            None,
+            f"None; or 'high' / 'low' with {_listing(supporting)}",
+            by=model.name,
+        )
+
+
+def _check_gateway_shape(params: ImageParams, model: ModelSpec, spec: ProviderSpec) -> None:
+    """``aspect_ratio`` and ``resolution``, the gateway's way of asking for a shape."""
     if params.aspect_ratio is not None:
         if not isinstance(params.aspect_ratio, str):
             raise _reject("aspect_ratio", params.aspect_ratio, "it is not text", _RATIO_RULE)

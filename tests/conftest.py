@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import stamina
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
@@ -24,10 +25,17 @@ def reference_dir() -> Path:
     return REFERENCE_DIR
 
 
+@pytest.fixture
+def no_backoff_sleep() -> Iterator[None]:
+    """stamina's test mode zeroes every backoff but, with ``cap=True`` and a high cap, keeps the
+    client's own attempt count, so attempt counting is tested honestly and nothing sleeps."""
+    with stamina.set_testing(True, attempts=1000, cap=True):
+        yield
+
+
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1, with any real AWS configuration of the machine kept out."""
-    moto_server = pytest.importorskip("moto.server")
+def aws_environment() -> Iterator[None]:
+    """Keep any real AWS configuration of the machine out of the tests."""
     with pytest.MonkeyPatch.context() as mp:
         for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
             mp.delenv(name, raising=False)
@@ -36,10 +44,17 @@ def s3_endpoint() -> Iterator[str]:
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
         mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+        yield
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(aws_environment: None) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1, with any real AWS configuration of the machine kept out."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -9,12 +9,11 @@ import io
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import stamina
 from _httpfakes import (
     FAKE_KEY,
     USAGE,
@@ -45,15 +44,7 @@ from dagster_gptimage.errors import (
 from dagster_gptimage.models import GenerateRequest, Usage
 from dagster_gptimage.pricing import PriceTable, cost_of_usage
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def no_backoff_sleep() -> Iterator[None]:
-    """stamina's test mode zeroes every backoff but, with ``cap=True`` and a high cap, keeps the
-    client's own attempt count, so attempt counting is tested honestly and nothing sleeps."""
-    with stamina.set_testing(True, attempts=1000, cap=True):
-        yield
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_backoff_sleep")]
 
 
 # --- success path ------------------------------------------------------------------------------

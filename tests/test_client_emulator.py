@@ -14,7 +14,6 @@ from typing import Any
 
 import dagster as dg
 import pytest
-import stamina
 from _httpfakes import FAKE_KEY, image_bytes, retry_waits
 from PIL import Image
 
@@ -32,13 +31,7 @@ from dagster_gptimage.errors import (
 )
 from dagster_gptimage.resource import GPTImageResource
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def no_backoff_sleep() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=1000, cap=True):
-        yield
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_backoff_sleep")]
 
 
 def emulated(emulator: Emulator | None = None, **kwargs: Any) -> GPTImageClient:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from _dev_support import emulator_process
 from _emulator_helpers import AUTH, GENERATE, assert_valid, decode_images, mask_bytes, png_bytes
 from PIL import Image
 
@@ -166,30 +164,7 @@ def test_server_refuses_non_loopback_hosts(emulator: Emulator) -> None:
 
 @pytest.mark.slow
 def test_cli_serves_until_terminated() -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dagster_gptimage.emulator",
-            "--port",
-            "0",
-            "--latency",
-            "0",
-            "--no-auth",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
-        assert match, line
-        response = httpx.post(f"{match.group(1)}/images/generations", json=GENERATE, timeout=30)
+    with emulator_process("--latency", "0", "--no-auth") as base_url:
+        response = httpx.post(f"{base_url}/images/generations", json=GENERATE, timeout=30)
         assert response.status_code == 200
         assert decode_images(response.json())[0].size == (1024, 1024)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)

@@ -19,9 +19,7 @@ launches one run per contiguous range, which is why the dev test takes three to 
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -29,12 +27,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import dagster as dg
-import httpx
 import pytest
+from _dev_support import LAUNCH_BACKFILL, EmulatorServer, dev_workspace, emulator_process, load_ui
 
 pytestmark = pytest.mark.slow
 
@@ -44,22 +41,9 @@ BLOCKED = ("row04", "row13", "row27")
 GOOD = sorted(set(KEYS) - set(BLOCKED))
 ASSETS = ("scenes", "inked", "framed")
 LOCATION = "partition_exact"
-EMULATOR_AUTH = {"Authorization": "Bearer emulator"}
 
 
-def _load_ui() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "ui_screenshots", REPO_ROOT / "scripts" / "ui_screenshots.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ui_screenshots", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-ui = _load_ui()
+ui = load_ui()
 
 
 # --- the project -----------------------------------------------------------------------------
@@ -113,65 +97,18 @@ def _project(tmp: Path, base_url: str) -> Project:
             prompts=str(prompts), base_url=base_url, store=str(tmp / "images")
         )
     )
-    workspace = tmp / "workspace.yaml"
-    workspace.write_text(
-        f"load_from:\n  - python_file:\n      relative_path: {defs.name}\n"
-        f"      location_name: {LOCATION}\n"
-    )
-    home = tmp / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    workspace, home = dev_workspace(tmp, defs, LOCATION)
     return Project(root=tmp, defs=defs, prompts=prompts, workspace=workspace, home=home)
 
 
 # --- the emulator server ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EmulatorServer:
-    base_url: str
-
-    def stats(self) -> dict[str, Any]:
-        origin = self.base_url.removesuffix("/v1")
-        response = httpx.get(f"{origin}/_emulator/stats", headers=EMULATOR_AUTH, timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def by_endpoint(self) -> dict[str, int]:
-        return dict(self.stats()["requests_by_endpoint"])
-
-
 @pytest.fixture
 def emulator_server() -> Iterator[EmulatorServer]:
-    command = [
-        sys.executable,
-        "-m",
-        "dagster_gptimage.emulator",
-        "--port",
-        "0",
-        "--latency",
-        "0.05",
-        "--moderation-word",
-        "forbidden",
-        "--log-level",
-        "warning",
-    ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
-        assert match, line
-        yield EmulatorServer(match.group(1))
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    args = ("--latency", "0.05", "--moderation-word", "forbidden", "--log-level", "warning")
+    with emulator_process(*args) as base_url:
+        yield EmulatorServer(base_url)
 
 
 @pytest.fixture
@@ -181,18 +118,6 @@ def project(tmp_path: Path, emulator_server: EmulatorServer) -> Project:
 
 # --- GraphQL: what the UI sends --------------------------------------------------------------
 
-_LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on PartitionKeysNotFoundError { message }
-    ... on InvalidSubsetError { message }
-    ... on UnauthorizedError { message }
-  }
-}
-"""
 _BACKFILL = """
 query($id: String!) {
   partitionBackfillOrError(backfillId: $id) {
@@ -253,7 +178,7 @@ def _asset_keys() -> list[dict[str, list[str]]]:
 
 def _launch_backfill(base_url: str, params: dict[str, Any]) -> str:
     params = {**params, "assetSelection": _asset_keys()}
-    launched = ui.graphql(base_url, _LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    launched = ui.graphql(base_url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     return launched["backfillId"]
 

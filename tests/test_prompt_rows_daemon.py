@@ -20,21 +20,15 @@ baseline request counts either way. Requested partitions are launched as backfil
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import re
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import httpx
 import pytest
+from _dev_support import LAUNCH_BACKFILL, EmulatorServer, dev_workspace, emulator_process, load_ui
 
 pytestmark = pytest.mark.slow
 
@@ -48,22 +42,9 @@ KEYS = [f"row{i:02d}" for i in range(6)]
 BLOCKED = "row03"
 CHANGED = "row01"
 ADDED = "row06"
-EMULATOR_AUTH = {"Authorization": "Bearer emulator"}
 
 
-def _load_ui() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "ui_screenshots", REPO_ROOT / "scripts" / "ui_screenshots.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ui_screenshots", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-ui = _load_ui()
+ui = load_ui()
 
 _DEFS = '''
 """Prompt rows with automation: eager images and edits, the prompt sensor, an automation sensor."""
@@ -135,59 +116,15 @@ def _project(tmp: Path, base_url: str) -> Project:
             store=str(tmp / "images"),
         )
     )
-    workspace = tmp / "workspace.yaml"
-    workspace.write_text(
-        f"load_from:\n  - python_file:\n      relative_path: {defs.name}\n"
-        f"      location_name: {LOCATION}\n"
-    )
-    home = tmp / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    workspace, home = dev_workspace(tmp, defs, LOCATION)
     return Project(root=tmp, prompts=prompts, workspace=workspace, home=home)
-
-
-@dataclass(frozen=True)
-class EmulatorServer:
-    base_url: str
-
-    def by_endpoint(self) -> dict[str, int]:
-        origin = self.base_url.removesuffix("/v1")
-        response = httpx.get(f"{origin}/_emulator/stats", headers=EMULATOR_AUTH, timeout=10)
-        response.raise_for_status()
-        return dict(response.json()["requests_by_endpoint"])
 
 
 @pytest.fixture
 def emulator_server() -> Iterator[EmulatorServer]:
-    command = [
-        sys.executable,
-        "-m",
-        "dagster_gptimage.emulator",
-        "--port",
-        "0",
-        "--latency",
-        "0.05",
-        "--moderation-word",
-        "forbidden",
-        "--log-level",
-        "warning",
-    ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
-        assert match, line
-        yield EmulatorServer(match.group(1))
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    args = ("--latency", "0.05", "--moderation-word", "forbidden", "--log-level", "warning")
+    with emulator_process(*args) as base_url:
+        yield EmulatorServer(base_url)
 
 
 # --- GraphQL: what the UI reads and sends ----------------------------------------------------
@@ -238,17 +175,6 @@ query {
   runsOrError {
     __typename
     ... on Runs { results { runId status tags { key value } } }
-  }
-}
-"""
-_LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on PartitionKeysNotFoundError { message }
-    ... on InvalidSubsetError { message }
   }
 }
 """
@@ -346,7 +272,7 @@ def _settle(base_url: str, since: float, timeout_s: float, why: Callable[[], str
 
 def _launch_backfill(base_url: str, partitions: Sequence[str]) -> str:
     params = {"partitionNames": list(partitions), "assetSelection": _asset_keys()}
-    launched = ui.graphql(base_url, _LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    launched = ui.graphql(base_url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     return launched["backfillId"]
 

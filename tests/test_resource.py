@@ -6,7 +6,6 @@ from typing import Any
 
 import dagster as dg
 import pytest
-import stamina
 from _httpfakes import FAKE_KEY, Scripted, fail, ok
 from dagster._serdes import serialize_value
 
@@ -16,6 +15,7 @@ from dagster_gptimage.errors import AuthenticationError, DefinitionError
 from dagster_gptimage.resource import GPTImageResource
 
 ENV = "GPTIMAGE_TEST_FAKE_KEY"
+pytestmark = pytest.mark.usefixtures("no_backoff_sleep")
 
 
 @pytest.fixture(autouse=True)
@@ -35,12 +35,6 @@ def test_a_literal_key_is_refused_without_being_shown() -> None:
 def test_an_env_var_key_also_works_outside_a_run() -> None:
     client = GPTImageResource(api_key=dg.EnvVar(ENV)).get_client()
     assert client.settings.api_key == FAKE_KEY
-
-
-@pytest.fixture(autouse=True)
-def no_backoff_sleep() -> Any:
-    with stamina.set_testing(True, attempts=1000, cap=True):
-        yield
 
 
 def test_repr_and_str_hide_the_key() -> None:

@@ -9,15 +9,13 @@ tokens, path and a preview that actually loads. The flow lives in ``scripts/ui_s
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import random
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from _dev_support import load_ui
 from PIL import Image
 
 from dagster_gptimage._metadata import INLINE_MARKDOWN_LIMIT, preview_markdown
@@ -25,19 +23,7 @@ from dagster_gptimage._metadata import INLINE_MARKDOWN_LIMIT, preview_markdown
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_ui() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "ui_screenshots", REPO_ROOT / "scripts" / "ui_screenshots.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ui_screenshots", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-ui = _load_ui()
+ui = load_ui()
 
 
 def _png(image: Image.Image) -> bytes:

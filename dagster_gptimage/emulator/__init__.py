@@ -26,18 +26,10 @@ hits the client's own read timeout (``httpx.ReadTimeout``), also billed.
 
 from ._asgi import EmulatorASGIApp, run_server_in_thread, serve
 from ._config import FAULT_KINDS, EmulatorConfig, FaultKind, Profile
-from ._core import (
-    IN_PROCESS_BASE_URL,
-    IN_PROCESS_ORIGIN,
-    Emulator,
-    EmulatorRequest,
-    EmulatorResponse,
-    EmulatorStats,
-    RecordedFile,
-    RecordedRequest,
-    get_emulator,
-)
+from ._core import Emulator, get_emulator
+from ._messages import IN_PROCESS_BASE_URL, IN_PROCESS_ORIGIN, EmulatorRequest, EmulatorResponse
 from ._render import RenderSpec, render, renderable_formats
+from ._stats import EmulatorStats, RecordedFile, RecordedRequest
 from ._transport import EmulatorTransport
 
 __all__ = [

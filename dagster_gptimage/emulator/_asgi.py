@@ -25,7 +25,8 @@ from typing import Any
 
 import anyio
 
-from ._core import Emulator, EmulatorRequest, EmulatorResponse
+from ._core import Emulator
+from ._messages import EmulatorRequest, EmulatorResponse
 
 __all__ = ["EmulatorASGIApp", "check_loopback", "run_server_in_thread", "serve"]
 

@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio.to_thread
 
 from dagster_gptimage.pricing import estimate_usage
 
+from ._auth import authenticate
 from ._batches import (
     BATCH_ENDPOINTS,
     TERMINAL,
@@ -37,7 +38,9 @@ from ._batches import (
     parse_input_file,
 )
 from ._config import EmulatorConfig
+from ._faults import moderation_error, server_error
 from ._filestore import FileStore, StoredFile
+from ._messages import EmulatorResponse
 from ._wire import ApiError, Call
 
 __all__ = ["BatchService"]
@@ -55,15 +58,9 @@ class BatchHost(Protocol):
     @property
     def config(self) -> EmulatorConfig: ...
 
-    def _authenticate(self, headers: Mapping[str, str], query: Mapping[str, str]) -> None: ...
-
     def _interpret_line(self, url: str, body: bytes) -> Call: ...
 
     def _batch_body(self, call: Call) -> bytes: ...
-
-    def _moderation_error(self) -> ApiError: ...
-
-    def _server_error(self, kind: str) -> ApiError: ...
 
     def _count_batch(self, call_name: str, *, lines: int = 0, images: int = 0) -> None: ...
 
@@ -94,6 +91,23 @@ class Reply:
     length: int = 0
     headers: tuple[tuple[str, str], ...] = ()
     fault: str | None = None
+
+    def response(self, base: tuple[tuple[str, str], ...]) -> EmulatorResponse:
+        """The HTTP answer, with the emulator's ``base`` headers (for JSON) before the reply's."""
+        if self.chunks is None:
+            return EmulatorResponse(self.status, base, json.dumps(self.payload).encode())
+        kept = tuple(item for item in base if item[0] != "content-type")
+        fault: Literal["reset", "truncate"] | None = (
+            "reset" if self.fault == "reset" else "truncate" if self.fault else None
+        )
+        return EmulatorResponse(
+            self.status,
+            kept + self.headers,
+            b"",
+            fault=fault,
+            chunks=self.chunks,
+            length=self.length,
+        )
 
 
 class BatchService:
@@ -142,7 +156,7 @@ class BatchService:
         match = _ROUTE.fullmatch(path.rstrip("/"))
         assert match is not None
         kind, item, action = match.group("kind"), match.group("id"), match.group("action")
-        self._host._authenticate(headers, query)
+        authenticate(self._host.config, headers, query)
         route = (kind, method, item is not None, action)
         if route == ("files", "POST", False, None):
             self._host._count_batch("files.create")
@@ -307,9 +321,9 @@ class BatchService:
             return LineOutcome(error.status, error=error)
         word = config.moderation_word
         if word and word.lower() in call.request.prompt.lower():
-            return LineOutcome(400, error=self._host._moderation_error())
+            return LineOutcome(400, error=moderation_error(self._host.config.profile))
         if draw(config.seed, batch_id, raw["custom_id"]) < config.batch_failure_rate:
-            return LineOutcome(500, error=self._host._server_error("500"))
+            return LineOutcome(500, error=server_error(self._host.config.profile, "500"))
         usage = estimate_usage(call.concrete_request)
         return LineOutcome(
             200, images=call.request.n, usage=(usage.input_tokens, usage.output_tokens)

@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import httpx
 
-from ._core import Emulator, EmulatorRequest, EmulatorResponse
+from ._core import Emulator
+from ._messages import EmulatorRequest, EmulatorResponse
 
 __all__ = ["EmulatorTransport"]
 

@@ -49,6 +49,7 @@ __all__ = [
     "RawFile",
     "decode_body",
     "interpret",
+    "read_call",
 ]
 
 Endpoint = Literal["generations", "edits"]
@@ -337,6 +338,33 @@ def _wire_param(field_name: str, kind: Literal["json", "multipart"]) -> str:
     return root
 
 
+def read_call(
+    endpoint: Endpoint,
+    content_type: str,
+    body: bytes,
+    *,
+    profile: Profile,
+    deployment_model: str | None,
+    output_formats: frozenset[str],
+) -> tuple[RawBody | None, Call | ApiError]:
+    """Both stages without raising: the raw body (None when it cannot be decoded) and the call or
+    the error refusing it, so the caller can log what arrived either way."""
+    try:
+        raw = decode_body(endpoint, content_type, body)
+    except ApiError as error:
+        return None, error
+    try:
+        return raw, interpret(
+            raw,
+            endpoint,
+            profile=profile,
+            deployment_model=deployment_model,
+            output_formats=output_formats,
+        )
+    except ApiError as error:
+        return raw, error
+
+
 def interpret(
     raw: RawBody,
     endpoint: Endpoint,
@@ -346,6 +374,33 @@ def interpret(
     output_formats: frozenset[str],
 ) -> Call:
     """Apply the API's rules to ``raw``; raise :class:`ApiError` exactly where the API would."""
+    _check_names(raw, endpoint, profile)
+    values = _checked_values(raw, profile, output_formats)
+    partial_images = values.pop("partial_images", 0)
+    _check_partial_images(partial_images)
+    stream = values.pop("stream", False)
+    response_format = values.pop("response_format", "url" if profile == "gateway" else "b64_json")
+    _fill_model(values, endpoint, profile, deployment_model)
+
+    request = _build_request(raw, endpoint, values, profile)
+    width, height = _output_size(request)
+    quality = "high" if request.quality == "auto" else request.quality
+    background = "transparent" if request.background == "transparent" else "opaque"
+    return Call(
+        endpoint=endpoint,
+        request=request,
+        width=width,
+        height=height,
+        quality=quality,
+        background=background,
+        response_format=response_format,
+        stream=stream,
+        partial_images=partial_images,
+    )
+
+
+def _check_names(raw: RawBody, endpoint: Endpoint, profile: Profile) -> None:
+    """Unknown parameters and file fields are refused before any value is looked at."""
     allowed = _EDIT_FIELDS if endpoint == "edits" else _GENERATION_FIELDS
     if profile == "gateway":
         allowed = allowed | _GATEWAY_FIELDS
@@ -363,6 +418,11 @@ def interpret(
                 code="unknown_parameter",
             )
 
+
+def _checked_values(
+    raw: RawBody, profile: Profile, output_formats: frozenset[str]
+) -> dict[str, Any]:
+    """The non-null fields, coerced to their wire types, with every enum value checked."""
     values = {
         name: _coerce(name, value, raw.kind)
         for name, value in raw.fields.items()
@@ -381,7 +441,10 @@ def interpret(
     ):
         if name in values:
             _check_enum(name, values[name], choices)
-    partial_images = values.pop("partial_images", 0)
+    return values
+
+
+def _check_partial_images(partial_images: int) -> None:
     if not 0 <= partial_images <= 3:
         above = partial_images > 3
         bound = "above maximum" if above else "below minimum"
@@ -392,9 +455,13 @@ def interpret(
             param="partial_images",
             code="integer_above_max_value" if above else "integer_below_min_value",
         )
-    stream = values.pop("stream", False)
-    response_format = values.pop("response_format", "url" if profile == "gateway" else "b64_json")
 
+
+def _fill_model(
+    values: dict[str, Any], endpoint: Endpoint, profile: Profile, deployment_model: str | None
+) -> None:
+    """Require a prompt, and set the model as the provider decides it (Azure: the deployment's;
+    edits without one: the API's default)."""
     if "prompt" not in values:
         raise ApiError(
             400,
@@ -415,22 +482,6 @@ def interpret(
                 code="invalid_value",
             )
         values["model"] = _EDIT_DEFAULT_MODEL
-
-    request = _build_request(raw, endpoint, values, profile)
-    width, height = _output_size(request)
-    quality = "high" if request.quality == "auto" else request.quality
-    background = "transparent" if request.background == "transparent" else "opaque"
-    return Call(
-        endpoint=endpoint,
-        request=request,
-        width=width,
-        height=height,
-        quality=quality,
-        background=background,
-        response_format=response_format,
-        stream=stream,
-        partial_images=partial_images,
-    )
 
 
 def _build_request(

@@ -38,6 +38,7 @@ from dagster_gptimage.assets import image_generation_asset
 
 s3fs = pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
+pytestmark = pytest.mark.usefixtures("aws_environment")
 
 KEY = "AKIARELIABILITYTEST"
 SECRET = "reliability-s3-secret-Hq4Z-never-shown"
@@ -56,20 +57,6 @@ WEED_PORTS = (
     "admin.port",
     "admin.port.grpc",
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _aws_environment() -> Iterator[None]:
-    """Keep any real AWS configuration of the machine out of the tests."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "unused-env-key")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "unused-env-secret")
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-        yield
 
 
 def _free_ports(count: int) -> list[int]:
