@@ -55,6 +55,9 @@ PACE_HEADROOM = 1.5
 """The pace stays this much above the share: the bucket guard, not the pace, times the sends."""
 MIN_SHARE = 0.1
 """The least share of the limit a process assumes it may use, however busy the others look."""
+RESERVE_ROUNDS = 2.0
+"""The guard leaves in the bucket what the others take in this many round trips (at most a
+quarter of the burst): their takes come in whole images at instants this process cannot see."""
 MIN_PACE = 0.25
 """429s halve the pace down to this share of the limit, no lower (the guard does the rest)."""
 WINDOW_IMAGES = 4.0
@@ -154,7 +157,7 @@ class RateGovernor:
         self.level_at = 0.0
         self.sent_since_reading = 0.0
         self.others_per_s: float | None = None
-        self.yield_until = -math.inf
+        self.yielding = False
         self.rate: float | None = None
         self.next_at = 0.0
         self.window: float | None = None
@@ -293,14 +296,14 @@ class RateGovernor:
         level = min(level, self.burst)
         if alone is not None and since > 0:
             self._learn_others(max(0.0, alone - level), since, level, self.burst, rate)
-        elif self.others_per_s is None:
-            self.others_per_s = rate * (1 - START_SHARE)  # until seen otherwise: an equal other
+        elif self.others_per_s is None and level < HIGH_WATER * self.burst:
+            # A first look at a bucket already half empty: assume an equal other until seen.
+            self.others_per_s = rate * (1 - START_SHARE)
         self.level, self.level_at, self.sent_since_reading = level, now, 0.0
         # Taking each image as it is refilled, a process cannot tell whether others wait for
         # them (their 429s do not show): now and then it lets one refill go by.
-        low = level < 1 and self.burst >= 2
-        if low and self._rng() < YIELD_CHANCE:
-            self.yield_until = self._refill_at(now, up=True) + 1 / rate
+        low = level < 1 and self.burst >= 2 and (self.others_per_s or 0) > MIN_SHARE * rate / 2
+        self.yielding = low and self._rng() < YIELD_CHANCE
 
     def _learn_others(
         self, taken: float, since: float, level: float, burst: float, rate: float
@@ -311,7 +314,7 @@ class RateGovernor:
         if previous is not None and level >= burst - 1:
             taken = min(taken, previous * since)  # a full bucket hides refill that was lost
         weight = 1 - math.exp(-since / max(MIN_WINDOW_S, WINDOW_IMAGES / rate))
-        sample = taken / since
+        sample = min(taken / since, rate)
         previous = previous or 0.0
         self.others_per_s = min(previous + weight * (sample - previous), rate * (1 - MIN_SHARE))
 
@@ -355,31 +358,26 @@ class RateGovernor:
     def _guard_wait(self, images: int, now: float) -> float:
         """Time until the bucket, as this process last saw it and has used it since, holds
         ``images`` (never sooner), and until the others, at the rate they have been taking, will
-        have left them to it (the nearest refill). Refill instants are the same for every process
-        (images are taken whole, so the level's fraction is common), which makes the processes'
-        turns stick: each comes back after as many refills as there are processes."""
+        have left them to it with a reserve (the nearest refill). Refill instants are the same for
+        every process (images are taken whole, so the level's fraction is common), which makes
+        the processes' turns stick."""
         limit, burst, level = self.limit_per_s, self.burst, self.level
-        alone = self._estimate(now, others=False)
-        if alone is None or limit is None or burst is None or level is None:
+        if limit is None or burst is None or level is None:
             return 0.0
-        need = min(float(images), burst)
-        if alone < need - 1e-9:
-            ready = self._refill_at(now + (need - alone) / limit, up=True)
-        else:
-            ready = now
+        short = min(float(images), burst) + self.sent_since_reading - level
+        ready = self._refill_at(self.level_at + short / limit, up=True) if short > 1e-9 else now
         others = self.others_per_s or 0.0
-        shared = self._estimate(now)
         # What the others take comes in whole images at unknown instants: keep some in reserve.
-        reserve = LOW_WATER * burst * min(1.0, 2 * others / limit)
-        if shared is not None and shared < need + reserve - 1e-9 and others > 0:
-            fair = now + (need + reserve - shared) / (limit - others)
-            fair = self._refill_at(fair, up=False)
+        short += min(LOW_WATER * burst, RESERVE_ROUNDS * others * max(self.round_trip_s, 1 / limit))
+        if others > 0 and short > 1e-9:
+            fair = self._refill_at(self.level_at + short / (limit - others), up=False)
+            if self.yielding:
+                fair += 1 / limit
             ready = max(ready, fair)
-        ready = max(ready, self.yield_until)
         if ready <= now:
             return 0.0
         # Processes that compute the same refill instant race for it: spread them a little.
-        return ready - now + min(0.05, 0.05 / limit) * (0.1 + self._rng())
+        return ready - now + min(0.05, 0.05 / limit) * self._rng()
 
     def _refill_at(self, when: float, *, up: bool) -> float:
         """The instant an image is refilled nearest ``when`` (``up``: at or after it)."""
