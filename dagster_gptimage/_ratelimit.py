@@ -7,12 +7,19 @@ The provider account is a token bucket shared by every process that uses the key
 how much is left (``x-ratelimit-remaining-requests``) and how long until it is full again
 (``x-ratelimit-reset-requests``). A :class:`RateGovernor` reads those figures and:
 
-- **paces** its process with AIMD on the sending rate: while the shared bucket stays above half,
-  the rate grows fast; between a quarter and a half it grows slowly (additively); below a quarter
-  (or on a 429) it is halved, at most once per round trip. Every process sees the same bucket, so
-  several processes converge on their shares of the limit without talking to each other;
-- **guards** each send with its own estimate of the bucket (the last reading, refilled since,
-  minus what this process sent since): it never sends what it knows cannot be admitted;
+- **learns what the others take**: between two of its answers the bucket refilled a known amount
+  and this process took a known amount; the rest of the fall is the other processes' use,
+  averaged over a few refills. The others' 429s never show, but their admitted images do;
+- **guards** each send: never before the bucket, as this process last saw it and has used it
+  since, holds the request (refills come at instants every process computes alike, since images
+  are taken whole); and not before the others, at the rate they take, will have left it the
+  request plus a small reserve (their takes come at instants this process cannot see). So
+  processes take turns at the refills instead of racing for each one. A process that keeps
+  finding the bucket empty while others are about lets one refill go by now and then (the others'
+  429s do not show in its answers, so it cannot know who waits);
+- **paces** itself above its share (the refill the others leave, plus what the bucket holds
+  beyond half): the guard times the sends, the pace only bounds bursts; a 429 halves it until the
+  next answer;
 - **bounds requests in flight** with AIMD on a window when the provider answers 429 without
   rate-limit headers (and probes with one request until the first answer tells what the account
   is like);
@@ -38,15 +45,13 @@ __all__ = [
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 LOW_WATER = 0.25
-"""Below this fraction of the burst, the shared bucket is about to run dry: slow down."""
+"""The reserve the guard keeps for the others is at most this fraction of the burst."""
 HIGH_WATER = 0.5
-"""Above this fraction, capacity is going unused: speed up quickly."""
+"""Above this fraction of the burst, capacity is going unused: the pace may take it."""
 DECREASE = 0.5
-"""Multiplicative decrease of the rate (and the window) on congestion."""
+"""Multiplicative decrease of the pace (and the window) on a 429."""
 START_SHARE = 0.5
 """The first paced rate, as a share of the account's limit (other processes may share it)."""
-INCREASE_PER_ROUND = 0.05
-"""Additive increase per round trip, as a share of the account's limit."""
 JITTER = 0.2
 """Pacing intervals vary by up to this fraction, so processes do not send in lockstep."""
 YIELD_CHANCE = 0.3
