@@ -7,12 +7,19 @@ The provider account is a token bucket shared by every process that uses the key
 how much is left (``x-ratelimit-remaining-requests``) and how long until it is full again
 (``x-ratelimit-reset-requests``). A :class:`RateGovernor` reads those figures and:
 
-- **paces** its process with AIMD on the sending rate: while the shared bucket stays above half,
-  the rate grows fast; between a quarter and a half it grows slowly (additively); below a quarter
-  (or on a 429) it is halved, at most once per round trip. Every process sees the same bucket, so
-  several processes converge on their shares of the limit without talking to each other;
-- **guards** each send with its own estimate of the bucket (the last reading, refilled since,
-  minus what this process sent since): it never sends what it knows cannot be admitted;
+- **learns what the others take**: between two of its answers the bucket refilled a known amount
+  and this process took a known amount; the rest of the fall is the other processes' use,
+  averaged over a few refills. The others' 429s never show, but their admitted images do;
+- **guards** each send: never before the bucket, as this process last saw it and has used it
+  since, holds the request (refills come at instants every process computes alike, since images
+  are taken whole); and not before the others, at the rate they take, will have left it the
+  request plus a small reserve (their takes come at instants this process cannot see). So
+  processes take turns at the refills instead of racing for each one. A process that keeps
+  finding the bucket empty while others are about lets one refill go by now and then (the others'
+  429s do not show in its answers, so it cannot know who waits);
+- **paces** itself above its share (the refill the others leave, plus what the bucket holds
+  beyond half): the guard times the sends, the pace only bounds bursts; a 429 halves it until the
+  next answer;
 - **bounds requests in flight** with AIMD on a window when the provider answers 429 without
   rate-limit headers (and probes with one request until the first answer tells what the account
   is like);
@@ -38,17 +45,29 @@ __all__ = [
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 LOW_WATER = 0.25
-"""Below this fraction of the burst, the shared bucket is about to run dry: slow down."""
+"""The reserve the guard keeps for the others is at most this fraction of the burst."""
 HIGH_WATER = 0.5
-"""Above this fraction, capacity is going unused: speed up quickly."""
+"""Above this fraction of the burst, capacity is going unused: the pace may take it."""
 DECREASE = 0.5
-"""Multiplicative decrease of the rate (and the window) on congestion."""
+"""Multiplicative decrease of the pace (and the window) on a 429."""
 START_SHARE = 0.5
 """The first paced rate, as a share of the account's limit (other processes may share it)."""
-INCREASE_PER_ROUND = 0.05
-"""Additive increase per round trip, as a share of the account's limit."""
 JITTER = 0.2
 """Pacing intervals vary by up to this fraction, so processes do not send in lockstep."""
+YIELD_CHANCE = 0.3
+"""How often a process that finds the bucket empty lets a refilled image go to the others."""
+PACE_HEADROOM = 1.5
+"""The pace stays this much above the share: the bucket guard, not the pace, times the sends."""
+MIN_SHARE = 0.1
+"""The least share of the limit a process assumes it may use, however busy the others look."""
+RESERVE_ROUNDS = 2.0
+"""The guard leaves in the bucket what the others take in this many round trips (at most a
+quarter of the burst): their takes come in whole images at instants this process cannot see."""
+MIN_PACE = 0.25
+"""429s halve the pace down to this share of the limit, no lower (the guard does the rest)."""
+WINDOW_IMAGES = 4.0
+MIN_WINDOW_S = 2.0
+"""The others' rate is averaged over this many refilled images' time, and at least this long."""
 MAX_RATE_PER_S = 1000.0
 
 
@@ -142,6 +161,8 @@ class RateGovernor:
         self.level: float | None = None
         self.level_at = 0.0
         self.sent_since_reading = 0.0
+        self.others_per_s: float | None = None
+        self.yielding = False
         self.rate: float | None = None
         self.next_at = 0.0
         self.window: float | None = None
@@ -150,7 +171,6 @@ class RateGovernor:
         self.paused_until = 0.0
         self.pause_id = 0
         self.last_cut = -math.inf
-        self.last_grow = 0.0
         self.last_start = -math.inf
         self.round_trip_s = 1.0
         self.answers_429 = 0
@@ -199,30 +219,17 @@ class RateGovernor:
         if reading is None:
             self._grow_window()
             return
-        shared = self._read(reading, now)
+        self._read(reading, now)
         level, burst, limit = self.level, self.burst, self.limit_per_s
         if level is None or burst is None or limit is None:
-            return
-        if level < LOW_WATER * burst:
-            if shared:
-                self._cut(now, sent_at, self._current_rate(now))
-            elif self.rate is not None:
-                # Alone and using what the bucket refills: the rate is the refill, not more.
-                self.rate = min(self.rate, 1.5 * limit)
             return
         self._grow_window()
         if self.rate is None:
             self.rate = START_SHARE * limit
             self.next_at = now
-            self.last_grow = now
             return
-        rounds = min(1.0, max(0.0, now - self.last_grow) / max(self.round_trip_s, 1e-3))
-        self.last_grow = now
-        if level >= HIGH_WATER * burst:
-            self.rate *= 1 + rounds
-        else:
-            self.rate += INCREASE_PER_ROUND * limit * rounds
-        self.rate = min(self.rate, MAX_RATE_PER_S)
+        self.rate = min(self._target_rate(level, burst, limit), MAX_RATE_PER_S)
+        self.next_at = min(self.next_at, max(now, self.last_start + 1 / self.rate))
 
     def refused(
         self, headers: Mapping[str, str], retry_after_s: float | None, *, sent_at: float
@@ -232,6 +239,8 @@ class RateGovernor:
         now = self._clock()
         self._finish(now, sent_at)
         self.answers_429 += 1
+        if sent_at >= self.level_at:
+            self.sent_since_reading = max(0.0, self.sent_since_reading - 1)  # it took nothing
         reading = read_limit_headers(headers)
         if reading is not None:
             self._read(reading, now)
@@ -265,31 +274,61 @@ class RateGovernor:
         if now > sent_at:
             self.round_trip_s += 0.2 * (now - sent_at - self.round_trip_s)
 
-    def _read(self, reading: LimitReading, now: float) -> bool:
-        """Learn the account's rate, burst and current level from one answer; True when the
-        bucket holds less than this process alone would have left (someone else is using it)."""
+    def _read(self, reading: LimitReading, now: float) -> None:
+        """Learn the account's rate, burst and current level from one answer, and from how the
+        level moved since the last one, how fast the other processes take from the bucket."""
         rate = reading.per_s
         if self.limit_per_s is not None and abs(rate - self.limit_per_s) > 1e-9:
-            self.burst = None  # a new tier: learn its burst again
+            self.burst = None  # a new tier: learn its burst and its sharing again
+            self.level = self.others_per_s = None
             if self.rate is not None:
                 self.rate *= rate / self.limit_per_s
         self.limit_per_s = rate
-        remaining = reading.remaining
-        reset = reading.reset_s
+        remaining, reset = reading.remaining, reading.reset_s
         if remaining is None:
-            return True
-        predicted = self._estimate(now)
+            return
+        alone = self._estimate(now, others=False)
+        since = now - self.level_at
         if reset is not None:
-            implied_burst = remaining + reset * rate
-            self.burst = max(self.burst or 0.0, implied_burst, 1.0)
+            # The remaining count is rounded down and the reset up (to the millisecond): a burst
+            # is a whole number of images, the largest this reading allows.
+            implied = math.ceil(remaining + reset * rate - 0.001 * rate - 1e-6)
+            self.burst = max(self.burst or 0.0, implied, remaining, 1.0)
             level = max(remaining, self.burst - reset * rate)
         else:
             self.burst = max(self.burst or 0.0, remaining, 1.0)
             level = remaining
-        self.level = min(level, self.burst)
-        self.level_at = now
-        self.sent_since_reading = 0.0
-        return predicted is None or self.level < predicted - 0.5
+        level = min(level, self.burst)
+        if alone is not None and since > 0:
+            self._learn_others(max(0.0, alone - level), since, level, self.burst, rate)
+        elif self.others_per_s is None and level < HIGH_WATER * self.burst:
+            # A first look at a bucket already half empty: assume an equal other until seen.
+            self.others_per_s = rate * (1 - START_SHARE)
+        self.level, self.level_at, self.sent_since_reading = level, now, 0.0
+        # Taking each image as it is refilled, a process cannot tell whether others wait for
+        # them (their 429s do not show): now and then it lets one refill go by.
+        low = level < 1 and self.burst >= 2 and (self.others_per_s or 0) > MIN_SHARE * rate / 2
+        self.yielding = low and self._rng() < YIELD_CHANCE
+
+    def _learn_others(
+        self, taken: float, since: float, level: float, burst: float, rate: float
+    ) -> None:
+        """Fold what the others took in ``since`` seconds into their rate (an average over a few
+        refills: images are taken whole, so one interval says little)."""
+        previous = self.others_per_s
+        if previous is not None and level >= burst - 1:
+            taken = min(taken, previous * since)  # a full bucket hides refill that was lost
+        weight = 1 - math.exp(-since / max(MIN_WINDOW_S, WINDOW_IMAGES / rate))
+        sample = min(taken / since, rate)
+        previous = previous or 0.0
+        self.others_per_s = min(previous + weight * (sample - previous), rate * (1 - MIN_SHARE))
+
+    def _target_rate(self, level: float, burst: float, limit: float) -> float:
+        """What this process may use: the refill the others leave, plus a share of what the
+        bucket holds beyond half (capacity going unused)."""
+        others = self.others_per_s or 0.0
+        spare = max(0.0, level - HIGH_WATER * burst) / max(self.round_trip_s, 1 / limit, 1e-3)
+        return max(MIN_SHARE * limit, limit - others + spare) * PACE_HEADROOM
 
     def _cut(
         self, now: float, sent_at: float, current: float | None, *, in_flight: int | None = None
@@ -299,12 +338,10 @@ class RateGovernor:
         if sent_at < self.last_cut:
             return
         self.last_cut = now
-        self.last_grow = now
         if self.limit_per_s is not None:
             base = current if self.rate is None else min(self.rate, current or self.rate)
-            floor = self.limit_per_s / 1000
+            floor = MIN_PACE * self.limit_per_s
             self.rate = max(floor, DECREASE * (base if base else START_SHARE * self.limit_per_s))
-            self.next_at = max(self.next_at, now, self.last_start + 1 / self.rate)
         if in_flight is not None or self.limit_per_s is None:
             flying = in_flight if in_flight is not None else self.in_flight + 1
             self.window = max(1.0, DECREASE * min(self.window or flying, flying))
@@ -325,21 +362,42 @@ class RateGovernor:
 
     def _guard_wait(self, images: int, now: float) -> float:
         """Time until the bucket, as this process last saw it and has used it since, holds
-        ``images`` (other processes may take tokens too; pacing handles them)."""
-        estimate = self._estimate(now)
-        if estimate is None or self.limit_per_s is None or self.burst is None:
+        ``images`` (never sooner), and until the others, at the rate they have been taking, will
+        have left them to it with a reserve (the nearest refill). Refill instants are the same for
+        every process (images are taken whole, so the level's fraction is common), which makes
+        the processes' turns stick."""
+        limit, burst, level = self.limit_per_s, self.burst, self.level
+        if limit is None or burst is None or level is None:
             return 0.0
-        missing = min(float(images), self.burst) - estimate
-        if missing <= 1e-9:
+        short = min(float(images), burst) + self.sent_since_reading - level
+        ready = self._refill_at(self.level_at + short / limit, up=True) if short > 1e-9 else now
+        others = self.others_per_s or 0.0
+        # What the others take comes in whole images at unknown instants: keep some in reserve.
+        short += min(LOW_WATER * burst, RESERVE_ROUNDS * others * max(self.round_trip_s, 1 / limit))
+        if others > 0 and short > 1e-9:
+            fair = self._refill_at(self.level_at + short / (limit - others), up=False)
+            if self.yielding:
+                fair += 1 / limit
+            ready = max(ready, fair)
+        if ready <= now:
             return 0.0
-        # Every process computes the same refill time: spread them over a token's time.
-        return (missing + JITTER * self._rng()) / self.limit_per_s
+        # Processes that compute the same refill instant race for it: spread them a little.
+        return ready - now + min(0.05, 0.05 / limit) * self._rng()
 
-    def _estimate(self, now: float) -> float | None:
-        """The bucket's level now if only this process had used it since the last reading."""
+    def _refill_at(self, when: float, *, up: bool) -> float:
+        """The instant an image is refilled nearest ``when`` (``up``: at or after it)."""
+        limit, level = self.limit_per_s or 1.0, self.level or 0.0
+        refilled = level + (when - self.level_at) * limit
+        whole = math.ceil(refilled - 1e-9) if up else round(refilled)
+        return self.level_at + (whole - level) / limit
+
+    def _estimate(self, now: float, *, others: bool = True) -> float | None:
+        """The bucket's level now: the last reading, refilled since, minus what this process sent
+        since and (``others``) what the others are expected to have taken."""
         if self.level is None or self.limit_per_s is None or self.burst is None:
             return None
-        refilled = min(self.burst, self.level + (now - self.level_at) * self.limit_per_s)
+        net = self.limit_per_s - (self.others_per_s or 0.0 if others else 0.0)
+        refilled = min(self.burst, self.level + (now - self.level_at) * net)
         return refilled - self.sent_since_reading
 
     def _default_wait(self) -> float:
