@@ -394,3 +394,28 @@ def test_usage_from_the_openapi_example(reference_dir: Path) -> None:
     assert usage.input_image_tokens == example["usage"]["input_tokens_details"]["image_tokens"]
     assert usage.output_image_tokens == example["usage"]["output_tokens"]
     assert usage.total_tokens == example["usage"]["total_tokens"]
+
+
+def test_request_parameters_are_declared_once() -> None:
+    """Adding a field to ImageParams is the whole change: table columns, the factories' keyword
+    arguments, the component's YAML fields and its edit steps all derive from it."""
+    from dagster_gptimage.component import EditStep, GPTImageComponent
+    from dagster_gptimage.models import (
+        DEFAULT_FIELDS,
+        REQUEST_FIELDS,
+        GenerationDefaults,
+        ImageParams,
+        RequestDefaults,
+    )
+
+    assert tuple(ImageParams.model_fields) == REQUEST_FIELDS
+    assert set(DEFAULT_FIELDS) == set(REQUEST_FIELDS) - {"model", "n"}
+    assert set(RequestDefaults.model_fields) == set(DEFAULT_FIELDS)
+    assert set(GenerationDefaults.model_fields) == set(DEFAULT_FIELDS) - {"input_fidelity"}
+    yaml_fields = set(GPTImageComponent.model().model_fields)
+    assert set(GenerationDefaults.model_fields) <= yaml_fields
+    assert set(RequestDefaults.model_fields) <= set(EditStep.model().model_fields)
+    for name in DEFAULT_FIELDS:
+        assert RequestDefaults.model_fields[name].description == (
+            ImageParams.model_fields[name].description
+        )
