@@ -561,8 +561,8 @@ def run(quick: bool = False) -> Report:
                 return result
         report(outcome, result)
     result.note(
-        "measured with the client as of this run (no adaptation to x-ratelimit headers yet): "
-        "each run's process backs off on its own 429s"
+        "each run's process paces itself from the provider's x-ratelimit headers and 429s; "
+        "runs share the account with no coordination beyond the provider's answers"
     )
     return result
 
