@@ -102,7 +102,7 @@ class _Run:
             job, client, store, force=force, check=check, failed_upstream=scope.failed_upstream
         )
         self.budget = Budget(job.max_cost_usd)
-        self.executor = Executor(self.planner, client, store, self.budget)
+        self.executor = Executor(self.planner, self.budget)
         self.tally = _Tally()
         self.input_pointers: dict[dg.AssetKey, Any] = {}
         self.observed_rows: dict[str, tuple[int, str | None]] = {}
@@ -300,8 +300,6 @@ class _Run:
     def batch_run(self) -> BatchRun:
         return BatchRun(
             self.planner,
-            self.client,
-            self.planner.store,
             self.budget,
             keys=self.context.partition_keys,
             run_id=self.context.run.run_id,

@@ -27,7 +27,7 @@ from dagster_gptimage.errors import GPTImageError, InvalidImageError, ProviderEr
 from dagster_gptimage.images import inspect_image
 from dagster_gptimage.models import ImageParams, Usage
 from dagster_gptimage.pricing import cost_of_usage
-from dagster_gptimage.storage import ImageRecord, ImageStore
+from dagster_gptimage.storage import ImageStore
 
 __all__ = ["Ledger", "Spend"]
 
@@ -106,9 +106,7 @@ class Ledger:
                 cost=cost,
             )
             return
-        record = ImageRecord(
-            fingerprint=planned.fingerprint,
-            prompt=planned.prompt,
+        record = planned.record(
             params=params.model_dump(mode="json"),
             model=params.model,
             provider=self.client.provider,
@@ -123,10 +121,6 @@ class Ledger:
             revised_prompt=line.body.data[0].revised_prompt if line.body.data else None,
             width=info.width,
             height=info.height,
-            extra=planned.extra,
-            sources=planned.sources,
-            mask=planned.mask,
-            revision=planned.revision,
             mode="batch",
             batch_id=batch_id,
         )

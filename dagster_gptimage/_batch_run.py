@@ -40,7 +40,6 @@ from dagster_gptimage._execute import END, Budget
 from dagster_gptimage._plan import Planned, Planner, short_error
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import GPTImageError, failure_reason
-from dagster_gptimage.storage import ImageStore
 
 __all__ = ["BATCH_PROVIDERS", "BatchRun", "refuse_unbatchable"]
 
@@ -65,34 +64,27 @@ class BatchRun:
     """Sends a run's planned requests as batches; see the module docstring."""
 
     def __init__(
-        self,
-        planner: Planner,
-        client: GPTImageClient,
-        store: ImageStore,
-        budget: Budget,
-        *,
-        keys: Sequence[str],
-        run_id: str,
+        self, planner: Planner, budget: Budget, *, keys: Sequence[str], run_id: str
     ) -> None:
         self.planner = planner
         self.job = planner.job
         self.name = self.job.asset_key.to_user_string()
-        self.client = client
-        self.store = store
+        self.client = planner.client
+        self.store = planner.store
         self.budget = budget
         self.keys = frozenset(keys)
         self.run_id = run_id
-        self.interval = client.settings.batch_poll_interval_s
-        self.cancel_on_terminate = client.settings.batch_cancel_on_terminate
+        self.interval = self.client.settings.batch_poll_interval_s
+        self.cancel_on_terminate = self.client.settings.batch_cancel_on_terminate
         self.ledger = Ledger(
-            client,
-            store,
+            self.client,
+            self.store,
             budget,
             queue.Queue(),
             planner_check=planner.check,
             asset_key=self.job.asset_key,
         )
-        self.submitter = Submitter(planner, client, store, self.ledger, run_id=run_id)
+        self.submitter = Submitter(planner, self.ledger, run_id=run_id)
 
     async def run(self, todo: Sequence[Planned], out: queue.Queue[Any]) -> None:
         self.ledger.out = out

@@ -7,7 +7,6 @@ The order is what makes a crash harmless: a batch is created only after its reco
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -24,10 +23,8 @@ from dagster_gptimage._batchapi import BatchAPI
 from dagster_gptimage._batchfile import BatchFile, BatchItem, batch_files
 from dagster_gptimage._plan import Failed, Planned, Planner, SourceProblem, short_error
 from dagster_gptimage._urls import redact_url
-from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import GPTImageError, InvalidRequestError, failure_reason
 from dagster_gptimage.models import EditRequest, ImageRequest
-from dagster_gptimage.storage import ImageStore
 
 __all__ = ["MAX_DATA_URL_BYTES", "Submitter", "data_url_problem"]
 
@@ -56,20 +53,12 @@ def data_url_problem(request: ImageRequest) -> str | None:
 class Submitter:
     """Turns planned requests into batches, each recorded in the store before it is created."""
 
-    def __init__(
-        self,
-        planner: Planner,
-        client: GPTImageClient,
-        store: ImageStore,
-        ledger: Ledger,
-        *,
-        run_id: str,
-    ) -> None:
+    def __init__(self, planner: Planner, ledger: Ledger, *, run_id: str) -> None:
         self.planner = planner
         self.job = planner.job
         self.name = self.job.asset_key.to_user_string()
-        self.client = client
-        self.store = store
+        self.client = planner.client
+        self.store = planner.store
         self.ledger = ledger
         self.run_id = run_id
 
@@ -77,7 +66,7 @@ class Submitter:
         """Batch items of ``todo``; edits re-read their inputs now (runs in a worker thread)."""
         for planned in todo:
             try:
-                request = planned.request or self.edit_request(planned)
+                request = planned.request or self.planner.rebuild_edit(planned)
             except SourceProblem as error:
                 failed.append(Failed(planned.key, "source", str(error)))
                 continue
@@ -89,26 +78,6 @@ class Submitter:
                 failed.append(Failed(planned.key, "invalid", problem))
                 continue
             yield BatchItem(planned.key, request, planned.fingerprint)
-
-    def edit_request(self, planned: Planned) -> ImageRequest:
-        """An edit as planned; an input changed since planning fails the partition rather than
-        paying for an image of the wrong inputs."""
-        datas = []
-        for source in planned.sources:
-            data = self.store.read_bytes(source.path)
-            if hashlib.sha256(data).hexdigest() != source.sha256:
-                raise SourceProblem(
-                    f"source image {redact_url(source.path)} changed during the run: re-run"
-                )
-            datas.append(data)
-        mask = None
-        if planned.mask_location is not None:
-            mask = self.planner.read_mask(planned.mask_location)
-            if planned.mask is not None and hashlib.sha256(mask).hexdigest() != planned.mask.sha256:
-                raise SourceProblem(
-                    f"mask {redact_url(planned.mask_location)} changed during the run: re-run"
-                )
-        return self.client.build_edit(planned.prompt, datas, mask=mask, **planned.params)
 
     async def submit(
         self, api: BatchAPI, todo: Sequence[Planned], *, resubmission: bool

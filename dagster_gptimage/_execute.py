@@ -7,7 +7,6 @@ thread never pause them; each outcome is handed to the step's thread at once thr
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import queue
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +17,6 @@ import dagster as dg
 from dagster_gptimage._checks import DecodedImage, verify_image
 from dagster_gptimage._metadata import preview_value, safe_preview_bytes
 from dagster_gptimage._plan import Failed, Planned, Planner, SourceProblem, short_error
-from dagster_gptimage._urls import redact_url
-from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.errors import (
     AuthenticationError,
     GPTImageError,
@@ -28,7 +25,7 @@ from dagster_gptimage.errors import (
 )
 from dagster_gptimage.images import thumbnail_data_uri
 from dagster_gptimage.models import ImageRequest, ImageResult
-from dagster_gptimage.storage import ImageRecord, ImageStore
+from dagster_gptimage.storage import ImageRecord
 
 __all__ = ["END", "Budget", "Done", "Executor"]
 
@@ -72,41 +69,14 @@ class Budget:
 class Executor:
     """Sends planned requests and stores their images."""
 
-    def __init__(
-        self,
-        planner: Planner,
-        client: GPTImageClient,
-        store: ImageStore,
-        budget: Budget,
-    ) -> None:
+    def __init__(self, planner: Planner, budget: Budget) -> None:
         self.planner = planner
         self.job = planner.job
-        self.client = client
-        self.store = store
+        self.client = planner.client
+        self.store = planner.store
         self.budget = budget
-        self.slots = asyncio.Semaphore(client.max_concurrency)
+        self.slots = asyncio.Semaphore(self.client.max_concurrency)
         self.stop_reason: tuple[str, str] | None = None
-
-    def _rebuild_edit(self, planned: Planned) -> ImageRequest:
-        """Edits re-read their inputs when sent, so a big backfill never holds every input image in
-        memory; an input that changed since planning fails the partition rather than paying for an
-        image of the wrong inputs."""
-        datas = []
-        for source in planned.sources:
-            data = self.store.read_bytes(source.path)
-            if hashlib.sha256(data).hexdigest() != source.sha256:
-                raise SourceProblem(
-                    f"source image {redact_url(source.path)} changed during the run: re-run"
-                )
-            datas.append(data)
-        mask = None
-        if planned.mask_location is not None:
-            mask = self.planner.read_mask(planned.mask_location)
-            if planned.mask is not None and hashlib.sha256(mask).hexdigest() != planned.mask.sha256:
-                raise SourceProblem(
-                    f"mask {redact_url(planned.mask_location)} changed during the run: re-run"
-                )
-        return self.client.build_edit(planned.prompt, datas, mask=mask, **planned.params)
 
     async def _send(self, planned: Planned) -> tuple[ImageRequest, ImageResult] | Failed:
         """One request (with the client's retries), within the slots and the budget."""
@@ -120,7 +90,7 @@ class Executor:
             try:
                 request = planned.request
                 if request is None:
-                    request = await asyncio.to_thread(self._rebuild_edit, planned)
+                    request = await asyncio.to_thread(self.planner.rebuild_edit, planned)
                 result = await self.client.execute(request)
             except SourceProblem as error:
                 self.budget.settle(planned.estimate_usd, 0.0)
@@ -158,9 +128,7 @@ class Executor:
         thumbnail = image.preview
         if thumbnail is None:
             thumbnail = await asyncio.to_thread(safe_preview_bytes, image.data)
-        record = ImageRecord(
-            fingerprint=planned.fingerprint,
-            prompt=planned.prompt,
+        record = planned.record(
             params=request.params().model_dump(mode="json"),
             model=result.model,
             provider=result.provider,
@@ -173,10 +141,6 @@ class Executor:
             revised_prompt=image.revised_prompt,
             width=image.width,
             height=image.height,
-            extra=planned.extra,
-            sources=planned.sources,
-            mask=planned.mask,
-            revision=planned.revision,
             decoded=True,
             preview=None if thumbnail is None else thumbnail_data_uri(thumbnail),
         )

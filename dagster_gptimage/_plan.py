@@ -57,6 +57,19 @@ class Planned:
     cached_preview: dg.MetadataValue | None = None
     cached_problems: list[str] = field(default_factory=list)
 
+    def record(self, **made: Any) -> ImageRecord:
+        """The sidecar of the image made for this partition: what was planned (fingerprint,
+        prompt, row, inputs) plus what making it gave (``made``: model, usage, cost, size …)."""
+        return ImageRecord(
+            fingerprint=self.fingerprint,
+            prompt=self.prompt,
+            extra=self.extra,
+            sources=self.sources,
+            mask=self.mask,
+            revision=self.revision,
+            **made,
+        )
+
 
 @dataclass(frozen=True)
 class Failed:
@@ -221,6 +234,27 @@ class Planner:
                 path=redact_url(location), sha256=hashlib.sha256(mask_data).hexdigest()
             )
         return request, sources, mask, params, prompt
+
+    def rebuild_edit(self, planned: Planned) -> ImageRequest:
+        """An edit as planned, its inputs re-read when it is sent (so a big backfill never holds
+        every input image in memory); an input that changed since planning fails the partition
+        rather than paying for an image of the wrong inputs."""
+        datas = []
+        for source in planned.sources:
+            data = self.store.read_bytes(source.path)
+            if hashlib.sha256(data).hexdigest() != source.sha256:
+                raise SourceProblem(
+                    f"source image {redact_url(source.path)} changed during the run: re-run"
+                )
+            datas.append(data)
+        mask = None
+        if planned.mask_location is not None:
+            mask = self.read_mask(planned.mask_location)
+            if planned.mask is not None and hashlib.sha256(mask).hexdigest() != planned.mask.sha256:
+                raise SourceProblem(
+                    f"mask {redact_url(planned.mask_location)} changed during the run: re-run"
+                )
+        return self.client.build_edit(planned.prompt, datas, mask=mask, **planned.params)
 
     def plan_one(self, key: str, row: PromptRow | None) -> Planned | Failed:
         try:

@@ -141,51 +141,18 @@ class GPTImageClient:
     def model(self) -> str:
         return self.settings.model
 
-    @property
-    def timeout_s(self) -> float:
-        return self.settings.timeout_s
-
-    @property
-    def connect_timeout_s(self) -> float:
-        return self.settings.connect_timeout_s
-
-    @property
-    def max_retries(self) -> int:
-        return self.settings.max_retries
-
-    @property
-    def retry_on_timeout(self) -> bool:
-        return self.settings.retry_on_timeout
-
-    @property
-    def max_retry_wait_s(self) -> float:
-        return self.settings.max_retry_wait_s
-
-    @property
-    def max_concurrency(self) -> int:
-        return self.settings.max_concurrency
-
-    @property
-    def images_per_minute(self) -> float | None:
-        return self.settings.images_per_minute
-
-    @property
-    def max_rate_limit_wait_s(self) -> float:
-        return self.settings.max_rate_limit_wait_s
+    def __getattr__(self, name: str) -> Any:
+        """Every other setting reads through to :attr:`settings` (``client.max_concurrency`` …),
+        so the settings are declared once, in ``ClientSettings``; the key is not exposed."""
+        if name != "api_key" and name in ClientSettings.model_fields:
+            return getattr(self.settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def rate_limit_stats(self) -> RateLimitStats:
         """What the provider's rate limit has done so far to this process's requests to this
         client's account (all clients of the process on that account count): 429 answers, time
         waited, requests sent, the limit learned and the current pace."""
         return self._gate.account.stats()
-
-    @property
-    def max_download_bytes(self) -> int:
-        return self.settings.max_download_bytes
-
-    @property
-    def allow_insecure_downloads(self) -> bool:
-        return self.settings.allow_insecure_downloads
 
     @property
     def base_url(self) -> str:
