@@ -6,7 +6,6 @@ what the asset yielded.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,11 @@ from _assets_support import (
     value,
 )
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
-from dagster._core.test_utils import instance_for_test
 
 from dagster_gptimage.assets import image_generation_asset
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.prompts import PromptTable
 from dagster_gptimage.storage import ImageStore
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with instance_for_test(temp_dir=str(home)) as instance:
-        yield instance
 
 
 def prompts(n: int, blocked: set[int] = frozenset()) -> PromptTable:  # type: ignore[assignment]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from _assets_support import (
     step_failure_message,
     value,
 )
-from dagster._core.test_utils import instance_for_test
 
 from dagster_gptimage._batch_records import BatchRecord, read_records, records_url, write_record
 from dagster_gptimage._batch_submit import data_url_problem
@@ -33,14 +31,6 @@ from dagster_gptimage.resource import GPTImageResource
 from dagster_gptimage.storage import ImageStore
 
 POLL = {"batch_poll_interval_s": 0.02}
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with instance_for_test(temp_dir=str(home)) as instance:
-        yield instance
 
 
 def prompts(n: int, blocked: set[int] = frozenset()) -> PromptTable:  # type: ignore[assignment]

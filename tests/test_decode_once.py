@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from _assets_support import (
     materialize_range,
     value,
 )
-from dagster._core.test_utils import instance_for_test
 from PIL import Image
 
 from dagster_gptimage import _checks, _metadata, _plan, images
@@ -28,14 +27,6 @@ from dagster_gptimage.assets import image_generation_asset
 from dagster_gptimage.images import PREVIEW_MAX_BYTES, inspect_image, make_preview
 from dagster_gptimage.prompts import PromptTable
 from dagster_gptimage.storage import ImageStore
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with instance_for_test(temp_dir=str(home)) as instance:
-        yield instance
 
 
 def _png(image: Image.Image) -> bytes:

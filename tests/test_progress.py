@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from _assets_support import SMALL, emulator_resources, materialize_range
-from dagster._core.test_utils import instance_for_test
 
 from dagster_gptimage import _progress
 from dagster_gptimage._metadata import run_summary
@@ -88,14 +86,6 @@ def test_the_summary_adds_the_achieved_rate() -> None:
     assert with_rate.endswith("; 42.2 images/min") or with_rate.endswith("; 42.3 images/min")
     without = run_summary(key, made=0, cached=3, failed=0, cost_usd=0.0, latencies=[])
     assert "images/min" not in without
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with instance_for_test(temp_dir=str(home)) as instance:
-        yield instance
 
 
 def test_a_long_run_logs_progress_lines(
