@@ -278,18 +278,6 @@ def write_project(root: Path, scenario: Scenario, dagster_yaml: str) -> Project:
 
 # --- GraphQL -------------------------------------------------------------------------------------
 
-_LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on PartitionKeysNotFoundError { message }
-    ... on InvalidSubsetError { message }
-    ... on UnauthorizedError { message }
-  }
-}
-"""
 _BACKFILL = """
 query($id: String!) {
   partitionBackfillOrError(backfillId: $id) {
@@ -326,7 +314,9 @@ def launch_backfill(base_url: str) -> str:
         "assetSelection": [{"path": [ASSET]}],
         "tags": [{"key": ACCOUNT_TAG, "value": "emulator"}],
     }
-    launched = ui.graphql(base_url, _LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    launched = ui.graphql(base_url, ui.LAUNCH_BACKFILL, {"params": params})[
+        "launchPartitionBackfill"
+    ]
     if launched["__typename"] != "LaunchBackfillSuccess":
         raise RuntimeError(f"launchPartitionBackfill: {launched}")
     return launched["backfillId"]

@@ -249,6 +249,20 @@ def graphql(
 
 # --- materializing through the UI's API ------------------------------------------------------
 
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on PartitionKeysNotFoundError { message }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}
+"""
+"""What the UI sends to launch a backfill of partitions."""
+
 
 @dataclass(frozen=True)
 class ImageAsset:

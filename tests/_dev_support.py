@@ -19,19 +19,6 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EMULATOR_AUTH = {"Authorization": "Bearer emulator"}
-LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on PartitionKeysNotFoundError { message }
-    ... on InvalidSubsetError { message }
-    ... on UnauthorizedError { message }
-  }
-}
-"""
-"""What the UI sends to launch a backfill of partitions."""
 
 
 def load_ui() -> ModuleType:

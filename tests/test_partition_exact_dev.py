@@ -31,7 +31,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from _dev_support import LAUNCH_BACKFILL, EmulatorServer, dev_workspace, emulator_process, load_ui
+from _dev_support import EmulatorServer, dev_workspace, emulator_process, load_ui
 
 pytestmark = pytest.mark.slow
 
@@ -178,7 +178,9 @@ def _asset_keys() -> list[dict[str, list[str]]]:
 
 def _launch_backfill(base_url: str, params: dict[str, Any]) -> str:
     params = {**params, "assetSelection": _asset_keys()}
-    launched = ui.graphql(base_url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    launched = ui.graphql(base_url, ui.LAUNCH_BACKFILL, {"params": params})[
+        "launchPartitionBackfill"
+    ]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     return launched["backfillId"]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _dev_support import LAUNCH_BACKFILL, EmulatorServer, dev_workspace, emulator_process, load_ui
+from _dev_support import EmulatorServer, dev_workspace, emulator_process, load_ui
 
 pytestmark = pytest.mark.slow
 
@@ -272,7 +272,9 @@ def _settle(base_url: str, since: float, timeout_s: float, why: Callable[[], str
 
 def _launch_backfill(base_url: str, partitions: Sequence[str]) -> str:
     params = {"partitionNames": list(partitions), "assetSelection": _asset_keys()}
-    launched = ui.graphql(base_url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    launched = ui.graphql(base_url, ui.LAUNCH_BACKFILL, {"params": params})[
+        "launchPartitionBackfill"
+    ]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     return launched["backfillId"]
 
