@@ -250,17 +250,7 @@ async def test_edit_lines_take_data_urls(emulator: Emulator) -> None:
         size="1024x1536",
     )
     async with client_for(emulator) as client:
-        uploaded = (await upload(client, jsonl(edit))).json()
-        batch = (
-            await client.post(
-                "/batches",
-                json={
-                    "input_file_id": uploaded["id"],
-                    "endpoint": "/v1/images/edits",
-                    "completion_window": "24h",
-                },
-            )
-        ).json()
+        batch = await submit(client, jsonl(edit), endpoint="/v1/images/edits")
         done = (await client.get(f"/batches/{batch['id']}")).json()
         [result] = await lines_of(client, done["output_file_id"])
     data = base64.b64decode(result["response"]["body"]["data"][0]["b64_json"])
@@ -270,17 +260,8 @@ async def test_edit_lines_take_data_urls(emulator: Emulator) -> None:
 async def test_lines_for_another_endpoint_fail_the_batch(emulator: Emulator) -> None:
     emulator.configure(batch_completion_s=0.0)
     async with client_for(emulator) as client:
-        uploaded = (await upload(client, jsonl(line("a")))).json()
-        batch = (
-            await client.post(
-                "/batches",
-                json={
-                    "input_file_id": uploaded["id"],
-                    "endpoint": "/v1/images/edits",
-                    "completion_window": "24h",
-                },
-            )
-        ).json()
+        batch = await submit(client, jsonl(line("a")), endpoint="/v1/images/edits")
+        uploaded = {"id": batch["input_file_id"]}
         failed = (await client.get(f"/batches/{batch['id']}")).json()
         bad_window = await client.post(
             "/batches",
