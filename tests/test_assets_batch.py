@@ -22,7 +22,7 @@ from dagster_gptimage._batch_records import BatchRecord, read_records, records_u
 from dagster_gptimage._batch_submit import data_url_problem
 from dagster_gptimage.assets import image_edit_asset, image_generation_asset
 from dagster_gptimage.client import GPTImageClient
-from dagster_gptimage.emulator import Emulator
+from dagster_gptimage.emulator import Emulator, run_server_in_thread
 from dagster_gptimage.errors import DefinitionError
 from dagster_gptimage.models import EditRequest, InputImage, Usage
 from dagster_gptimage.pricing import DEFAULT_PRICES, cost_of_usage
@@ -242,12 +242,12 @@ def test_gateway_is_refused_before_any_request(
     monkeypatch.setenv("GATED_TEST_KEY", "sk-test")
     asset = image_generation_asset(name="gated", prompts=prompts(2), size=SMALL, mode="batch")
     emulator = Emulator(profile="gateway")
-    resource = GPTImageResource(
-        provider="gateway", api_key=dg.EnvVar("GATED_TEST_KEY"), base_url="http://gw.invalid/v1"
-    )
-    resources = {"gptimage": resource, "image_store": ImageStore(base_url=str(tmp_path))}
-
-    result = materialize_range([asset], resources, "p00", "p01", instance=instance)
+    with run_server_in_thread(emulator) as base_url:
+        resource = GPTImageResource(
+            provider="gateway", api_key=dg.EnvVar("GATED_TEST_KEY"), base_url=base_url
+        )
+        resources = {"gptimage": resource, "image_store": ImageStore(base_url=str(tmp_path))}
+        result = materialize_range([asset], resources, "p00", "p01", instance=instance)
 
     assert not result.success
     message = step_failure_message(result)
