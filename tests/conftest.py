@@ -9,6 +9,14 @@ import dagster as dg
 import pytest
 import stamina
 from dagster._core.test_utils import instance_for_test
+from hypothesis import HealthCheck, settings
+
+# Machines here are shared and noisy: no test may fail on time, so hypothesis's per-example
+# deadline and its "data generation too slow" health check are off (what is generated is unchanged).
+settings.register_profile(
+    "shared-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("shared-machine")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
