@@ -130,7 +130,7 @@ def test_failing_lines_fail_their_partitions_alone(
     result = materialize_range([asset], resources, "p00", "p39", instance=instance)
 
     failed = failed_partitions(result)
-    assert 1 <= len(failed) <= 10
+    assert 1 <= len(failed) <= 10, "seeded: the same lines fail on every run"
     assert {item["reason"] for item in failed.values()} == {"provider error"}
     assert len(materializations(instance, asset.key)) == 40 - len(failed)
     assert emulator.stats.batch_lines_billed == 40 - len(failed)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from dagster_gptimage.emulator import IN_PROCESS_BASE_URL, Emulator, run_server_in_thread
 from dagster_gptimage.emulator.__main__ import _parser
+from dagster_gptimage.emulator._batches import draw
 
 pytestmark = pytest.mark.anyio
 GENERATIONS = "/v1/images/generations"
@@ -158,6 +159,9 @@ async def test_failing_lines_go_to_the_error_file(emulator: Emulator) -> None:
     assert blocked["status_code"] == 400
     assert blocked["body"]["error"]["code"] == "moderation_blocked"
     assert errors.pop("bad-size")["response"]["body"]["error"]["param"] == "size"
+    seed = emulator.config.seed
+    expected = {f"ok{i}" for i in range(20) if draw(seed, 1, f"ok{i}") < 0.5}
+    assert set(errors) == expected, "a line's first submission fails by the seeded draw"
     assert 3 <= len(errors) <= 17, "about half of the 20 valid lines fail"
     assert {item["response"]["status_code"] for item in errors.values()} == {500}
     counts = done["request_counts"]

@@ -120,6 +120,7 @@ class BatchService:
         self._batches: dict[str, _Batch] = {}
         self._offset = 0.0
         self._faults_served = 0
+        self._submissions: dict[str, int] = {}
 
     def now(self) -> float:
         return time.time() + self._offset
@@ -138,6 +139,7 @@ class BatchService:
             self._batches.clear()
             self._offset = 0.0
             self._faults_served = 0
+            self._submissions.clear()
         self._store.clear()
 
     @staticmethod
@@ -275,7 +277,7 @@ class BatchService:
         batch_id = f"batch_{secrets.token_hex(12)}"
         endpoint = request["endpoint"]
         lines, outcomes, model = await anyio.to_thread.run_sync(
-            self._plan, stored, endpoint, batch_id, config
+            self._plan, stored, endpoint, config
         )
         errors = endpoint_errors(lines, endpoint)
         timeline = Timeline(
@@ -297,7 +299,7 @@ class BatchService:
         return Reply(200, await self._observe(batch, timeline.created_at))
 
     def _plan(
-        self, stored: StoredFile, endpoint: str, batch_id: str, config: EmulatorConfig
+        self, stored: StoredFile, endpoint: str, config: EmulatorConfig
     ) -> tuple[list[InputLine], list[LineOutcome], str | None]:
         """Decide every line's outcome up front (cheap: no rendering), so request counts can be
         shown while the batch runs."""
@@ -309,12 +311,10 @@ class BatchService:
             lines.append(entry)
             raw = json.loads(data[entry.offset : entry.offset + entry.length])
             model = model or raw["body"].get("model")
-            outcomes.append(self._outcome(raw, endpoint, batch_id, config))
+            outcomes.append(self._outcome(raw, endpoint, config))
         return lines, outcomes, model if isinstance(model, str) else None
 
-    def _outcome(
-        self, raw: dict[str, Any], endpoint: str, batch_id: str, config: EmulatorConfig
-    ) -> LineOutcome:
+    def _outcome(self, raw: dict[str, Any], endpoint: str, config: EmulatorConfig) -> LineOutcome:
         try:
             call = self._host._interpret_line(raw["url"], json.dumps(raw["body"]).encode())
         except ApiError as error:
@@ -322,12 +322,22 @@ class BatchService:
         word = config.moderation_word
         if word and word.lower() in call.request.prompt.lower():
             return LineOutcome(400, error=moderation_error(self._host.config.profile))
-        if draw(config.seed, batch_id, raw["custom_id"]) < config.batch_failure_rate:
+        if draw(config.seed, self._submission(raw["custom_id"]), raw["custom_id"]) < (
+            config.batch_failure_rate
+        ):
             return LineOutcome(500, error=server_error(self._host.config.profile, "500"))
         usage = estimate_usage(call.concrete_request)
         return LineOutcome(
             200, images=call.request.n, usage=(usage.input_tokens, usage.output_tokens)
         )
+
+    def _submission(self, custom_id: str) -> int:
+        """How many times this line has been submitted: its failure draw depends on the seed and
+        this count only, so a seeded run fails the same lines and a resubmission draws afresh."""
+        with self._lock:
+            count = self._submissions.get(custom_id, 0) + 1
+            self._submissions[custom_id] = count
+            return count
 
     async def _cancel(self, batch: _Batch) -> dict[str, Any]:
         now = self.now()

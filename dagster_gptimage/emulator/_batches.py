@@ -158,9 +158,9 @@ def endpoint_errors(lines: Sequence[InputLine], endpoint: str) -> list[dict[str,
     ][:1000]
 
 
-def draw(seed: int | None, batch_id: str, custom_id: str) -> float:
+def draw(seed: int | None, submission: int, custom_id: str) -> float:
     """A uniform draw in [0, 1) that depends only on its arguments (stable across polls)."""
-    digest = hashlib.sha256(f"{seed}\x00{batch_id}\x00{custom_id}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}\x00{submission}\x00{custom_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
