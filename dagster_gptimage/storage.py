@@ -398,7 +398,10 @@ class ImageStore(dg.ConfigurableResource):
                 f"image data is {sniffed.upper()} but fmt={fmt!r}: the file extension and the "
                 "sidecar would lie about the image"
             )
-        path = self.image_path(asset_key, partition_key, fmt)
+        # The folder once: resolving the base URL and checking the key is not free per file.
+        folder = self.asset_url(asset_key)
+        _check_partition_key(partition_key)
+        path = f"{folder}/{partition_key}.{EXTENSIONS[fmt]}"
         update: dict[str, Any] = {
             "asset_key": _asset_key_path(asset_key),
             "partition_key": partition_key,
@@ -416,8 +419,8 @@ class ImageStore(dg.ConfigurableResource):
         sidecar = final.model_dump_json(indent=2).encode()
 
         self.write_bytes(path, data)
-        self.write_bytes(self.sidecar_path(asset_key, partition_key), sidecar)
-        self._remove_other_formats(asset_key, partition_key, fmt)
+        self.write_bytes(f"{folder}/{partition_key}.json", sidecar)
+        self._remove_other_formats(folder, partition_key, fmt)
         return final
 
     def write_bytes(self, url: str, data: bytes) -> None:
@@ -438,13 +441,15 @@ class ImageStore(dg.ConfigurableResource):
             fs.makedirs(fs._parent(target), exist_ok=True)
             fs.pipe_file(target, data)
 
-    def _remove_other_formats(self, asset_key: AssetKeyLike, partition_key: str, fmt: str) -> None:
-        fs = self.fs
+    def _remove_other_formats(self, folder: str, partition_key: str, fmt: str) -> None:
+        fs, local = self._filesystem()
         keep = EXTENSIONS[fmt]
         for other in sorted(set(EXTENSIONS.values()) - {keep}):
-            target = self._fs_path(f"{self.asset_url(asset_key)}/{partition_key}.{other}")
+            target = fs._strip_protocol(f"{folder}/{partition_key}.{other}")
             with contextlib.suppress(FileNotFoundError):
-                if fs.exists(target):
+                if local:
+                    os.unlink(target)
+                elif fs.exists(target):
                     fs.rm_file(target)
 
     def read_bytes(self, path: str) -> bytes:
