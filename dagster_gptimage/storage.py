@@ -204,11 +204,12 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _atomic_write_local(path: str, data: bytes) -> None:
+def _atomic_write_local(path: str, data: bytes, digest: Any = None) -> None:
     """Write ``data`` to ``path`` so that ``path`` holds either its old content or all of ``data``:
     a hidden temp file in the same folder (same file system, so the rename is atomic), fsynced, then
     ``os.replace``. The temp file is removed on any failure; one left by a killed writer is removed
-    by the next process writing into the folder (``_remove_stale_temps``)."""
+    by the next process writing into the folder (``_remove_stale_temps``). ``digest`` (a hashlib
+    object) is fed ``data`` as it is written."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     _remove_stale_temps(directory)
@@ -218,7 +219,7 @@ def _atomic_write_local(path: str, data: bytes) -> None:
     fd = os.open(tmp, flags, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            _write_hashed(f, data, digest)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -227,6 +228,19 @@ def _atomic_write_local(path: str, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+def _write_hashed(file: Any, data: bytes, digest: Any) -> None:
+    """1 MiB at a time, each chunk hashed then written while it is still in the CPU's cache: a
+    4K image hashed whole and then written is read from memory twice (~4 ms more per image)."""
+    if digest is None:
+        file.write(data)
+        return
+    view = memoryview(data)
+    for start in range(0, len(view), _HASH_CHUNK_BYTES):
+        chunk = view[start : start + _HASH_CHUNK_BYTES]
+        digest.update(chunk)
+        file.write(chunk)
 
 
 _WRITER_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
@@ -409,17 +423,19 @@ class ImageStore(dg.ConfigurableResource):
             "path": path,
             "format": fmt,
             "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
         }
         if record.width <= 0 or record.height <= 0:
             from dagster_gptimage.images import inspect_image
 
             info = inspect_image(data, field="image")
             update["width"], update["height"] = info.width, info.height
-        final = record.model_copy(update=update)
-        sidecar = final.model_dump_json(indent=2).encode()
+        # A record that cannot be serialized fails before anything is written.
+        record.model_copy(update=update).model_dump_json()
 
-        self.write_bytes(path, data)
+        digest = hashlib.sha256()
+        self._write(path, data, digest)
+        final = record.model_copy(update={**update, "sha256": digest.hexdigest()})
+        sidecar = final.model_dump_json(indent=2).encode()
         self.write_bytes(f"{folder}/{partition_key}.json", sidecar)
         self._remove_other_formats(folder, partition_key, fmt)
         return final
@@ -427,11 +443,17 @@ class ImageStore(dg.ConfigurableResource):
     def write_bytes(self, url: str, data: bytes) -> None:
         """Write ``data`` at ``url`` all-or-nothing: readers see the old file or the new one, never
         a part (temp file + ``os.replace`` on local disk, one ``pipe_file`` on object stores)."""
+        self._write(url, data, None)
+
+    def _write(self, url: str, data: bytes, digest: Any) -> None:
+        """:meth:`write_bytes`, feeding ``data`` to ``digest`` (when given) as it is written."""
         fs, local = self._filesystem()
         target = fs._strip_protocol(url)
         if local:
-            _atomic_write_local(target, data)
+            _atomic_write_local(target, data, digest)
             return
+        if digest is not None:
+            digest.update(data)
         try:
             fs.pipe_file(target, data)
         except FileNotFoundError:

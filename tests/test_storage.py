@@ -576,3 +576,21 @@ def test_a_new_format_replaces_the_partitions_other_formats(store: ImageStore) -
     assert files_under(store) == [
         f"images/cats/{n}" for n in ("k.jpg", "k.json", "other.json", "other.png")
     ]
+
+
+def test_an_image_is_hashed_as_it_is_written(store: ImageStore) -> None:
+    data = b"\x89PNG\r\n\x1a\n" + os.urandom(2_500_000)  # several 1 MiB chunks and a partial one
+    record = store.write_image(ASSET, "k", data, "png", make_record(width=4, height=3))
+    assert record.sha256 == hashlib.sha256(data).hexdigest()
+    assert record.bytes == len(data)
+    verified = store.read_verified(ASSET, "k")
+    assert verified is not None
+    assert verified.data == data
+    assert store.stored_sha256(record) == record.sha256
+
+
+def test_a_record_that_cannot_be_serialized_writes_nothing(store: ImageStore) -> None:
+    record = make_record(extra={"not json": object()})
+    with pytest.raises(ValueError, match="serialize"):
+        store.write_image(ASSET, "k", make_image(), "png", record)
+    assert files_under(store) == []
