@@ -95,12 +95,12 @@ def ours(
     (``_execute``): the preview is made from the verification decode, the check trusts that
     decode for the bytes it re-reads and re-hashes."""
     clock = _Clock(stages)
-    parsed = providers.parse_images_body(body)
-    usage = Usage.from_api(parsed.usage)
+    parts = providers.parse_images_answer(body)
+    usage = Usage.from_api(parts.body.usage)
     clock.lap("parse_json")
-    b64 = parsed.data[0].b64_json
-    assert b64 is not None
-    data = base64.b64decode(b64, validate=True)
+    text = parts.encoded[0]
+    assert text
+    data = providers.decode_b64(text)
     clock.lap("b64decode")
     info = inspect_image(
         data,

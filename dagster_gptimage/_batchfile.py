@@ -21,6 +21,7 @@ from typing import Any, Literal
 from dagster_gptimage._providers import (
     ImagesBody,
     ProviderSettings,
+    decode_b64,
     edit_json_body,
     error_from_response,
     generation_body,
@@ -241,7 +242,7 @@ class LineSuccess:
 
     def images(self) -> list[bytes]:
         """The decoded image bytes (decode on demand: results may be read in bulk)."""
-        return [base64.b64decode(item, validate=True) for item in self.images_b64]
+        return [decode_b64(item) for item in self.images_b64]
 
     def cost(self, prices: ModelPrices) -> float:
         """USD for this line at the batch rate of ``prices``."""

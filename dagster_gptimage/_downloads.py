@@ -7,7 +7,6 @@ whereas generating again would bill again.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urljoin
@@ -136,7 +135,7 @@ def _decode_data_url(url: str, index: int) -> bytes:
     header, _, payload = url.partition(",")
     try:
         if header.endswith(";base64"):
-            return base64.b64decode(payload, validate=True)
+            return providers.decode_b64(payload)
         return unquote_to_bytes(payload)
     except (binascii.Error, ValueError):
         raise ProviderError(

@@ -8,17 +8,24 @@ every provider difference can be unit tested without sockets.
 from __future__ import annotations
 
 import base64
+import binascii
 import email.utils
 import ipaddress
 import json
 import math
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict
+
+try:
+    import pybase64 as _pybase64
+except ImportError:  # a platform without its wheel: the standard library decodes
+    _pybase64 = None
 
 from dagster_gptimage.errors import (
     AuthenticationError,
@@ -42,11 +49,14 @@ from dagster_gptimage.version import __version__
 __all__ = [
     "DEFAULT_BASE_URLS",
     "MODERATION_CODES",
+    "B64Text",
     "Endpoint",
+    "ImagesAnswer",
     "ImagesBody",
     "ProviderSettings",
     "auth_headers",
     "check_download_url",
+    "decode_b64",
     "edit_form",
     "edit_json_body",
     "endpoint_url",
@@ -54,6 +64,7 @@ __all__ = [
     "generation_body",
     "is_loopback_host",
     "is_retryable_error",
+    "parse_images_answer",
     "parse_images_body",
     "parse_retry_after",
     "request_id_from",
@@ -282,22 +293,166 @@ class ImagesBody(BaseModel):
 
 def parse_images_body(body: bytes) -> ImagesBody:
     """Parse a 2xx body; ``ValueError`` when it cannot have come from a complete, successful answer."""
+    parsed = _validated(_json_object(body))
+    _check_data(parsed, [datum.b64_json for datum in parsed.data])
+    return parsed
+
+
+B64Text = str | memoryview
+"""The base64 text of one image as received: a view into the response body, or a str when the
+body had to be parsed whole."""
+
+
+@dataclass
+class ImagesAnswer:
+    """A parsed 2xx body whose base64 texts are kept apart: ``encoded[i]`` is ``data[i]``'s (None
+    for a ``url`` item) and every ``body.data[i].b64_json`` is None."""
+
+    body: ImagesBody
+    encoded: list[B64Text | None]
+
+
+_B64_KEY = b'"b64_json"'
+_JSON_SPACE = b" \t\n\r"
+_MARK = "\x00b64:"
+"""Stands for a cut-out base64 text in the rest of the body; a NUL can only come from a ``\\u0000``
+escape, which is refused in that rest (then the body is parsed whole)."""
+
+
+def parse_images_answer(body: bytes) -> ImagesAnswer:
+    """:func:`parse_images_body` without copying the images: each ``"b64_json": "..."`` text is cut
+    out as a view into ``body`` and the small rest is parsed. A 4K image is a 16 MB body; parsing
+    it whole makes a 16 MB str of the body and another of the base64 text, then bytes from that
+    text again before decoding. Any text that is not plain (an escape) or that does not land in
+    ``data[i].b64_json`` has the body parsed whole, so the answer is always the full parse's."""
+    answer = _cut_answer(body)
+    if answer is not None:
+        return answer
+    parsed = _validated(_json_object(body))
+    encoded: list[B64Text | None] = [datum.b64_json for datum in parsed.data]
+    _check_data(parsed, encoded)
+    for datum in parsed.data:
+        datum.b64_json = None
+    return ImagesAnswer(parsed, encoded)
+
+
+def _cut_answer(body: bytes) -> ImagesAnswer | None:
+    """The answer with its base64 texts cut out of ``body``; None when the whole body must be
+    parsed (no plain text to cut, or the rest is refused: the full parse then says why)."""
+    cut = _cut_b64(body)
+    if cut is None:
+        return None
+    rest, spans = cut
+    try:
+        parsed = _validated(_json_object(rest))
+    except ValueError:
+        return None
+    encoded = _placed(parsed, memoryview(body), spans)
+    if encoded is None:
+        return None
+    _check_data(parsed, encoded)
+    return ImagesAnswer(parsed, encoded)
+
+
+def _cut_b64(body: bytes) -> tuple[bytes, list[tuple[int, int]]] | None:
+    """``body`` with each plain ``"b64_json"`` string replaced by a mark (``_MARK`` and its index),
+    and where each was; None when there is none or one has escapes."""
+    spans: list[tuple[int, int]] = []
+    pieces: list[bytes] = []
+    done = 0
+    at = body.find(_B64_KEY)
+    while at != -1:
+        start = _value_start(body, at + len(_B64_KEY))
+        if body[start : start + 1] == b'"':
+            end = body.find(b'"', start + 1)
+            if end == -1 or body.find(b"\\", start + 1, end) != -1:
+                return None
+            pieces += [body[done : start + 1], json.dumps(f"{_MARK}{len(spans)}")[1:-1].encode()]
+            spans.append((start + 1, end))
+            done = end
+        at = body.find(_B64_KEY, max(at + 1, done))
+    if not spans:
+        return None
+    pieces.append(body[done:])
+    if any(b"\\u0000" in piece.replace(b"\\\\", b"") for piece in pieces[::2]):
+        return None
+    return b"".join(pieces), spans
+
+
+def _value_start(body: bytes, index: int) -> int:
+    """Where the value after a key ending at ``index`` starts (``len(body)`` if it is no key)."""
+    index = _after_space(body, index)
+    if body[index : index + 1] != b":":
+        return len(body)
+    return _after_space(body, index + 1)
+
+
+def _after_space(body: bytes, index: int) -> int:
+    while index < len(body) and body[index] in _JSON_SPACE:
+        index += 1
+    return index
+
+
+def _placed(
+    parsed: ImagesBody, view: memoryview, spans: list[tuple[int, int]]
+) -> list[B64Text | None] | None:
+    """Each datum's base64 text (its cut-out view, or its str); None unless every cut-out text is
+    some datum's ``b64_json``, once."""
+    marks = {f"{_MARK}{index}": span for index, span in enumerate(spans)}
+    encoded: list[B64Text | None] = []
+    for datum in parsed.data:
+        text, datum.b64_json = datum.b64_json, None
+        span = marks.pop(text, None) if text is not None else None
+        if span is not None:
+            encoded.append(view[span[0] : span[1]])
+        elif text is not None and text.startswith(_MARK):
+            return None
+        else:
+            encoded.append(text)
+    return encoded if not marks else None
+
+
+def _json_object(body: bytes) -> Any:
     try:
         raw = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"response body is not JSON ({len(body)} bytes): {exc}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"response body is a JSON {type(raw).__name__}, not an object")
+    return raw
+
+
+def _validated(raw: Any) -> ImagesBody:
     try:
-        parsed = ImagesBody.model_validate(raw)
+        return ImagesBody.model_validate(raw)
     except Exception as exc:
         raise ValueError(f"response body does not look like an images response: {exc}") from None
+
+
+def _check_data(parsed: ImagesBody, encoded: Sequence[B64Text | None]) -> None:
     if not parsed.data:
         raise ValueError("response body has no images in 'data'")
-    for index, datum in enumerate(parsed.data):
-        if not datum.b64_json and not datum.url:
+    for index, (datum, text) in enumerate(zip(parsed.data, encoded, strict=True)):
+        if not text and not datum.url:
             raise ValueError(f"data[{index}] has neither 'b64_json' nor 'url'")
-    return parsed
+
+
+def decode_b64(text: B64Text) -> bytes:
+    """``base64.b64decode(text, validate=True)``: the same texts pass (the standard alphabet with
+    its padding) with the same bytes; ``ValueError`` (``binascii.Error``) for the others.
+
+    pybase64 decodes with SIMD, ~30x faster (20 ms -> 0.6 ms for a 4K image); what it refuses is
+    decoded the standard way, so that a text the standard library accepts is never refused. The
+    standard way takes a view without copying it (``strict_mode`` is what ``validate`` means on
+    Python >= 3.11)."""
+    if _pybase64 is not None:
+        try:
+            return _pybase64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    if sys.version_info >= (3, 11):
+        return binascii.a2b_base64(text, strict_mode=True)
+    return base64.b64decode(text, validate=True)
 
 
 def request_id_from(headers: Mapping[str, str], provider: Provider | str | None) -> str | None:

@@ -8,7 +8,6 @@ billed: it is counted before it is retried.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import logging
 from collections.abc import Mapping
@@ -54,15 +53,16 @@ async def read_result(
 ) -> ImageResult:
     """The result of a 2xx ``body``, or :class:`AttemptFailed` with its verdict."""
     try:
-        parsed = providers.parse_images_body(body)
+        parts = providers.parse_images_answer(body)
     except ValueError as exc:
         raise answer.possibly_billed(
             f"HTTP {answer.status} with an unusable body (possibly billed): {exc}",
             "invalid_response",
         ) from None
-    # A 4K image is a 15 MB body and a 15 MB base64 text: drop each as soon as it is consumed,
-    # or every image in flight holds both while it is decoded.
+    # A 4K image's base64 text is 15 MB (a view into the body, or a str when the body was parsed
+    # whole): drop each as soon as it is decoded, and the body with the last one.
     del body
+    parsed, encoded = parts.body, parts.encoded
 
     usage_known = isinstance(parsed.usage, Mapping)
     usage = Usage.from_api(parsed.usage if usage_known else None)
@@ -73,10 +73,10 @@ async def read_result(
 
     images: list[GeneratedImage] = []
     for index, datum in enumerate(parsed.data):
-        if datum.b64_json:
-            encoded, datum.b64_json = datum.b64_json, None
-            data = _decoded(answer, encoded, index)
-            del encoded
+        text, encoded[index] = encoded[index], None
+        if text:
+            data = _decoded(answer, text, index)
+            del text
         else:
             data = await _downloaded(answer, downloads, datum.url or "", index)
         images.append(await _verified(answer, data, index, datum.revised_prompt))
@@ -100,9 +100,9 @@ async def read_result(
     )
 
 
-def _decoded(answer: Answer, encoded: str, index: int) -> bytes:
+def _decoded(answer: Answer, text: providers.B64Text, index: int) -> bytes:
     try:
-        return base64.b64decode(encoded, validate=True)
+        return providers.decode_b64(text)
     except (binascii.Error, ValueError):
         raise answer.possibly_billed(
             f"data[{index}].b64_json is not valid base64 (possibly billed)", "invalid_response"

@@ -235,3 +235,25 @@ def _checks_record(*, width: int, height: int) -> Any:
         width=width,
         height=height,
     )
+
+
+def test_the_full_side_is_tried_at_webps_fastest_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first encoding of a detailed image only measures it: method 0; what is kept is
+    encoded at the preview's own method."""
+    if images.PREVIEW_CONTENT_TYPE != "image/webp":
+        pytest.skip("this Pillow has no WebP: previews are JPEG")
+    encodes: list[tuple[tuple[int, int], int]] = []
+    original = images._encode
+
+    def counted(image: Image.Image, fmt: str, quality: int, webp_method: int) -> bytes:
+        encodes.append((image.size, webp_method))
+        return original(image, fmt, quality, webp_method)
+
+    monkeypatch.setattr(images, "_encode", counted)
+    preview = make_preview(_noise((1024, 1024), seed=3), max_bytes=PREVIEW_MAX_BYTES)
+
+    assert len(preview) <= PREVIEW_MAX_BYTES
+    assert encodes[0] == ((128, 128), 0)
+    assert all(method == 4 and max(size) < 128 for size, method in encodes[1:]), encodes
+    with Image.open(io.BytesIO(preview)) as thumb:
+        assert max(thumb.size) == max(encodes[-1][0])

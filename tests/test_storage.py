@@ -560,3 +560,37 @@ def test_sidecar_never_contains_storage_options(tmp_path: Path) -> None:
     written = store.write_image(ASSET, "k", make_image(), "png", make_record())
     assert FAKE_SECRET not in Path(store.sidecar_path(ASSET, "k")).read_text()
     assert FAKE_SECRET not in written.model_dump_json()
+
+
+def test_a_new_format_replaces_the_partitions_other_formats(store: ImageStore) -> None:
+    store.write_image(ASSET, "k", make_image("PNG"), "png", make_record())
+    store.write_image(ASSET, "other", make_image("PNG"), "png", make_record())
+    record = store.write_image(ASSET, "k", make_image("WEBP"), "webp", make_record())
+    folder = store.asset_url(ASSET)
+    assert files_under(store) == [
+        f"images/cats/{n}" for n in ("k.json", "k.webp", "other.json", "other.png")
+    ]
+    assert store.read_verified(ASSET, "k") is not None
+    assert record.path == f"{folder}/k.webp"
+    store.write_image(ASSET, "k", make_image("JPEG"), "jpeg", make_record())
+    assert files_under(store) == [
+        f"images/cats/{n}" for n in ("k.jpg", "k.json", "other.json", "other.png")
+    ]
+
+
+def test_an_image_is_hashed_as_it_is_written(store: ImageStore) -> None:
+    data = b"\x89PNG\r\n\x1a\n" + os.urandom(2_500_000)  # several 1 MiB chunks and a partial one
+    record = store.write_image(ASSET, "k", data, "png", make_record(width=4, height=3))
+    assert record.sha256 == hashlib.sha256(data).hexdigest()
+    assert record.bytes == len(data)
+    verified = store.read_verified(ASSET, "k")
+    assert verified is not None
+    assert verified.data == data
+    assert store.stored_sha256(record) == record.sha256
+
+
+def test_a_record_that_cannot_be_serialized_writes_nothing(store: ImageStore) -> None:
+    record = make_record(extra={"not json": object()})
+    with pytest.raises(ValueError, match="serialize"):
+        store.write_image(ASSET, "k", make_image(), "png", record)
+    assert files_under(store) == []
