@@ -290,14 +290,14 @@ def test_next_request_starts_while_answers_are_decoded(
 ) -> None:
     http = HTTPInFlight().install(monkeypatch)
     slow = _SlowDecodes(monkeypatch, seconds=0.3)
-    asset = image_generation_asset(name="pipelined", prompts=prompts(6), size=SMALL)
-    resources, emulator = emulator_resources(tmp_path, max_concurrency=2, latency_s=0.05)
+    asset = image_generation_asset(name="pipelined", prompts=prompts(8), size=SMALL)
+    resources, emulator = emulator_resources(tmp_path, max_concurrency=2, latency_s=0.15)
 
-    result = materialize_range([asset], resources, "p00", "p05", instance=instance)
+    result = materialize_range([asset], resources, "p00", "p07", instance=instance)
 
     assert result.success
-    assert emulator.stats.requests == 6
-    assert len(materializations(instance, asset.key)) == 6
+    assert emulator.stats.requests == 8
+    assert len(materializations(instance, asset.key)) == 8
     assert http.peak == 2
     assert slow.calls_peak > 2  # answers being decoded no longer hold a request slot
 
@@ -317,5 +317,5 @@ def test_with_a_budget_cap_a_request_waits_for_its_predecessors_costs(
 
     assert result.success
     assert emulator.stats.requests == 6
-    assert http.peak == 2
-    assert slow.calls_peak == 2
+    assert http.peak <= 2
+    assert slow.calls_peak == 2  # a call keeps its slot through its decode: its cost is known
