@@ -8,6 +8,7 @@ retry policy.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -65,9 +66,12 @@ class Exchange:
         estimate: float,
         body_slot: contextlib.AsyncExitStack,
         gate: _transport.Gate,
+        on_answer: Callable[[], None] | None = None,
     ) -> ImageResult:
-        """One HTTP attempt; its response is read and processed in a body slot (``BODY_SLOTS``)
-        that ``body_slot`` releases when the attempt is over. Failures raise
+        """One HTTP attempt. Its HTTP slot is free once the body is in hand; a 2xx body is then
+        decoded in a decode slot (``BODY_SLOTS``), and its bytes stay counted in
+        ``HELD_BODY_BYTES``, until ``body_slot`` releases both when the attempt is over.
+        ``on_answer`` is called when a 2xx body is in hand, before it is decoded. Failures raise
         :class:`~dagster_gptimage._retry.AttemptFailed` with their verdict."""
         s = self.settings
 
@@ -104,6 +108,9 @@ class Exchange:
             else:
                 gate.account.answered(ticket, answer_headers)
             raise verdict
+        if on_answer is not None:
+            on_answer()
+        await body_slot.enter_async_context(state.decoding)
         downloads = Downloader(state.http, s.max_download_bytes, s.allow_insecure_downloads)
         answer = _responses.Answer(request, status, tally, estimate)
         return await _responses.read_result(answer, body, self.prices, s.provider, downloads)

@@ -2,6 +2,8 @@
 
 Requests run on an event loop of their own thread, so Dagster's event-log writes in the step's
 thread never pause them; each outcome is handed to the step's thread at once through a queue.
+A request's slot is free as soon as its answer has arrived: the next request is on the wire while
+the answer is decoded, verified and stored (the client bounds that work and its memory).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import queue
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import dagster as dg
@@ -66,6 +69,33 @@ class Budget:
         self.spent += cost
 
 
+class _Slot:
+    """One of the executor's ``max_concurrency`` slots, released once: at :meth:`release` (the
+    answer arrived) or on exit, whichever comes first."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self._held = False
+
+    async def __aenter__(self) -> _Slot:
+        await self._slots.acquire()
+        self._held = True
+        return self
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
 class Executor:
     """Sends planned requests and stores their images."""
 
@@ -79,8 +109,12 @@ class Executor:
         self.stop_reason: tuple[str, str] | None = None
 
     async def _send(self, planned: Planned) -> tuple[ImageRequest, ImageResult] | Failed:
-        """One request (with the client's retries), within the slots and the budget."""
-        async with self.slots:
+        """One request (with the client's retries), within the slots and the budget.
+
+        Without ``max_cost_usd`` the slot is free once the answer's body has arrived. With a cap
+        it is held until the call is over and its cost known, so that each request reserves its
+        estimate knowing what its predecessors actually cost (billed retries included)."""
+        async with _Slot(self.slots) as slot:
             if self.stop_reason is not None:
                 reason, message = self.stop_reason
                 return Failed(planned.key, reason, f"not started: {message}")
@@ -91,7 +125,8 @@ class Executor:
                 request = planned.request
                 if request is None:
                     request = await asyncio.to_thread(self.planner.rebuild_edit, planned)
-                result = await self.client.execute(request)
+                on_answer = slot.release if self.budget.cap is None else None
+                result = await self.client.execute(request, on_answer=on_answer)
             except SourceProblem as error:
                 self.budget.settle(planned.estimate_usd, 0.0)
                 return Failed(planned.key, "source", str(error))

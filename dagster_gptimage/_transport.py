@@ -22,16 +22,31 @@ from dagster_gptimage import _providers as providers
 from dagster_gptimage import _retry
 from dagster_gptimage._accounts import AccountLimiter, Ticket
 from dagster_gptimage._billing import Tally
+from dagster_gptimage._bytebudget import ByteBudget
 from dagster_gptimage.errors import RateLimitError
 
-__all__ = ["BODY_SLOTS", "LoopPools", "LoopState", "PoolSettings", "Prepared", "send"]
+__all__ = [
+    "BODY_SLOTS",
+    "HELD_BODY_BYTES",
+    "LoopPools",
+    "LoopState",
+    "PoolSettings",
+    "Prepared",
+    "send",
+]
 
 BODY_SLOTS = 2
-"""Responses read, parsed and decoded at once per event loop. A 4K PNG arrives as a 15 MB body,
-becomes 15 MB of base64 text, an 11 MB image and a 33 MB bitmap while it is verified; when many
-answers arrive together (a backfill's requests often share one latency), the other bodies wait in
-their sockets instead of all being decoded in memory at once. Decoding is CPU-bound, so more slots
-would not make a small machine faster either. Gateway URL downloads run in their response's slot."""
+"""Responses parsed and decoded at once per event loop. Decoding is CPU-bound, so more would not
+make a small machine faster, and each decode of a 4K PNG holds its 15 MB of base64 text, an 11 MB
+image and a 33 MB bitmap. Gateway URL downloads run in their response's slot."""
+
+HELD_BODY_BYTES = 64 * 2**20
+"""Response bytes held in memory at once per event loop: bodies read and waiting for a decode slot
+or being decoded. A request's HTTP slot (``max_concurrency``) is free as soon as its body is in
+hand, so the next request starts while the answer is decoded; the bodies beyond this bound wait in
+their sockets instead, still holding their HTTP slot (a backfill's answers often arrive together:
+16 bodies of 1024x1024 PNGs, 2 MB each, fit; of 4K PNGs, 15 MB each, four). A body larger than
+the bound is read alone; one of unknown length counts as the whole bound."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +67,10 @@ class LoopState:
     http: httpx.AsyncClient
     semaphore: asyncio.Semaphore
     limiter: AsyncLimiter | None
-    bodies: asyncio.Semaphore
+    held: ByteBudget
+    """Bytes of response bodies in hand, up to ``HELD_BODY_BYTES``."""
+    decoding: asyncio.Semaphore
+    """Answers being parsed and decoded, up to ``BODY_SLOTS``."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +128,8 @@ class LoopPools:
             http=http,
             semaphore=asyncio.Semaphore(s.max_concurrency),
             limiter=limiter,
-            bodies=asyncio.Semaphore(BODY_SLOTS),
+            held=ByteBudget(HELD_BODY_BYTES),
+            decoding=asyncio.Semaphore(BODY_SLOTS),
         )
 
     def pop(self, loop: asyncio.AbstractEventLoop) -> LoopState | None:
@@ -162,8 +181,10 @@ async def send(
 ) -> tuple[int, httpx.Headers, bytes, Ticket]:
     """One HTTP exchange under the concurrency bound, the explicit cap and the account's
     rate-limit governor (``images`` long); a transport failure becomes ``failure(exc, sent)``,
-    ``sent`` telling whether the server may have started generating. The body is read once a body
-    slot is free (held in ``body_slot``). The caller reports the answer on the returned ticket."""
+    ``sent`` telling whether the server may have started generating. The HTTP slot
+    (``max_concurrency``) is held from before sending until the body is in hand, and no longer:
+    the body's bytes are held in ``state.held`` (entered on ``body_slot``, released when the caller
+    is done with the answer). The caller reports the answer on the returned ticket."""
     async with state.semaphore:
         if state.limiter is not None:
             await state.limiter.acquire(min(float(images), state.limiter.max_rate))
@@ -186,7 +207,7 @@ async def send(
                 raise failure(exc, True) from None
             raise
         try:
-            await body_slot.enter_async_context(state.bodies)
+            await body_slot.enter_async_context(state.held.hold(_body_size(response)))
             body = await response.aread()
         except BaseException as exc:
             gate.account.abandoned(ticket)
@@ -196,6 +217,14 @@ async def send(
         finally:
             await response.aclose()
         return response.status_code, response.headers, body, ticket
+
+
+def _body_size(response: httpx.Response) -> int:
+    """The body's declared length; unknown (chunked, or a bad header) counts as the whole bound."""
+    try:
+        return int(response.headers.get("content-length", ""))
+    except ValueError:
+        return HELD_BODY_BYTES
 
 
 async def _pass_gate(gate: Gate, images: int, tally: Tally) -> None:

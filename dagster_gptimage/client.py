@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -71,7 +71,9 @@ class GPTImageClient:
     emulator named ``emulator_name``) unless a ``base_url`` without an ``emulator`` is given: then
     it talks HTTP to an emulator server, e.g. ``python -m dagster_gptimage.emulator``.
 
-    ``max_concurrency`` bounds requests in flight (per event loop), ``images_per_minute`` adds a
+    ``max_concurrency`` bounds HTTP requests in flight (per event loop): a request's slot is free
+    as soon as its answer's body has arrived, while the answer is decoded (a few at a time, within
+    a bound on the bytes held, so memory stays bounded). ``images_per_minute`` adds a
     leaky-bucket rate limit, ``max_retries`` counts retries after the first attempt. The
     provider's own rate limit is learned from its answers (``x-ratelimit-*`` headers and 429s) and
     shared by every client of the process using the same account: requests are paced to it, and a
@@ -226,8 +228,15 @@ class GPTImageClient:
         request = await asyncio.to_thread(self.build_edit, prompt, images, mask, **params)
         return await self._execute(request)
 
-    async def execute(self, request: ImageRequest) -> ImageResult:
+    async def execute(
+        self, request: ImageRequest, *, on_answer: Callable[[], None] | None = None
+    ) -> ImageResult:
         """Validate ``request`` for this provider, send it, retry what is worth retrying.
+
+        ``on_answer`` is called (once, on the event loop) as soon as a successful answer's body has
+        arrived, before it is decoded and verified: from then on the call holds no HTTP request
+        slot, so a caller that bounds its own calls can start the next one. The call may still
+        fail afterwards (an undecodable image is retried).
 
         Raises a :class:`~dagster_gptimage.errors.GPTImageError` subclass carrying ``attempts``,
         ``possibly_billed_attempts`` and ``cost_usd`` (the estimate of attempts that may have been
@@ -237,20 +246,23 @@ class GPTImageClient:
             await asyncio.to_thread(validate_request, request, provider=self.provider)
         else:
             validate_request(request, provider=self.provider)
-        return await self._execute(request)
+        return await self._execute(request, on_answer)
 
-    async def _execute(self, request: ImageRequest) -> ImageResult:
+    async def _execute(
+        self, request: ImageRequest, on_answer: Callable[[], None] | None = None
+    ) -> ImageResult:
         """``execute`` for a request already validated for this provider."""
         estimate = self.estimate_cost(request)
         prepared = self._exchange.prepare(request)
         state = self._state()
         tally = Tally()
         gate = self._gate
+        answered = _Once(on_answer) if on_answer is not None else None
 
         async def once() -> ImageResult:
             async with contextlib.AsyncExitStack() as body_slot:
                 return await self._exchange.attempt(
-                    state, request, prepared, tally, estimate, body_slot, gate
+                    state, request, prepared, tally, estimate, body_slot, gate, answered
                 )
 
         hook = _retry.retry_hook(tally, self.max_retries + 1)
@@ -357,6 +369,18 @@ class GPTImageClient:
 
     def _state(self) -> _transport.LoopState:
         return self._pools.state()
+
+
+class _Once:
+    """A callback that runs on the first call only (a call's later attempts answer again)."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback: Callable[[], None] | None = callback
+
+    def __call__(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
 
 
 def _validated(settings: ClientSettings | None, overrides: dict[str, Any]) -> ClientSettings:

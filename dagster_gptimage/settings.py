@@ -53,7 +53,14 @@ class ClientOptions(BaseModel):
         description="Most time one request waits, in all, for the provider's rate limit (pacing "
         "and 429s, which do not use max_retries) before failing with RateLimitError.",
     )
-    max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once.")
+    max_concurrency: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "HTTP requests in flight at once. A request's slot is free as soon as its answer has "
+            "arrived: the answer is decoded, verified and stored while the next request is sent."
+        ),
+    )
     images_per_minute: float | None = Field(
         default=None,
         gt=0,

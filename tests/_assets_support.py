@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -126,3 +127,54 @@ def mask_png(size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+class HTTPInFlight:
+    """Counts HTTP requests in flight at every in-process emulator: from the moment a request
+    reaches it until the client has read and closed the answer's body."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.started = 0
+
+    def install(self, monkeypatch: Any) -> HTTPInFlight:
+        from dagster_gptimage.emulator import EmulatorTransport
+
+        original = EmulatorTransport.handle_async_request
+        counter = self
+
+        async def counted(transport: EmulatorTransport, request: Any) -> Any:
+            counter.now += 1
+            counter.started += 1
+            counter.peak = max(counter.peak, counter.now)
+            try:
+                response = await original(transport, request)
+            except BaseException:
+                counter.now -= 1
+                raise
+            response.stream = _ClosingStream(response.stream, counter)
+            return response
+
+        monkeypatch.setattr(EmulatorTransport, "handle_async_request", counted)
+        return self
+
+
+class _ClosingStream(httpx.AsyncByteStream):
+    """An answer's body stream that ends its request's count when the client closes it."""
+
+    def __init__(self, inner: Any, counter: HTTPInFlight) -> None:
+        self._inner = inner
+        self._counter: HTTPInFlight | None = counter
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            counter, self._counter = self._counter, None
+            if counter is not None:
+                counter.now -= 1

@@ -6,6 +6,7 @@ what the asset yielded.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import dagster as dg
 import pytest
 from _assets_support import (
     SMALL,
+    HTTPInFlight,
     emulator_resources,
     materializations,
     materialize_range,
@@ -21,6 +23,7 @@ from _assets_support import (
 )
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
+from dagster_gptimage import _responses as responses_module
 from dagster_gptimage.assets import image_generation_asset
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.prompts import PromptTable
@@ -246,20 +249,7 @@ def test_auth_failure_stops_starting_new_requests(
 def test_requests_run_concurrently_up_to_the_resource_limit(
     tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    in_flight = 0
-    peak = 0
-    original = GPTImageClient.execute
-
-    async def counting(self: GPTImageClient, request: Any) -> Any:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        try:
-            return await original(self, request)
-        finally:
-            in_flight -= 1
-
-    monkeypatch.setattr(GPTImageClient, "execute", counting)
+    http = HTTPInFlight().install(monkeypatch)
     asset = image_generation_asset(name="parallel", prompts=prompts(10), size=SMALL)
     resources, emulator = emulator_resources(tmp_path, max_concurrency=4, latency_s=0.2)
 
@@ -267,4 +257,65 @@ def test_requests_run_concurrently_up_to_the_resource_limit(
 
     assert result.success
     assert emulator.stats.requests == 10
-    assert peak == 4
+    assert http.peak == 4
+
+
+class _SlowDecodes:
+    """Makes every answer's decode take ``seconds`` and counts client calls in flight."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+        self.calls_now = 0
+        self.calls_peak = 0
+        inspect = responses_module.inspect_image
+        execute = GPTImageClient.execute
+
+        def slow_inspect(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(seconds)
+            return inspect(*args, **kwargs)
+
+        async def counted(client: GPTImageClient, request: Any, **kwargs: Any) -> Any:
+            self.calls_now += 1
+            self.calls_peak = max(self.calls_peak, self.calls_now)
+            try:
+                return await execute(client, request, **kwargs)
+            finally:
+                self.calls_now -= 1
+
+        monkeypatch.setattr(responses_module, "inspect_image", slow_inspect)
+        monkeypatch.setattr(GPTImageClient, "execute", counted)
+
+
+def test_next_request_starts_while_answers_are_decoded(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http = HTTPInFlight().install(monkeypatch)
+    slow = _SlowDecodes(monkeypatch, seconds=0.3)
+    asset = image_generation_asset(name="pipelined", prompts=prompts(8), size=SMALL)
+    resources, emulator = emulator_resources(tmp_path, max_concurrency=2, latency_s=0.15)
+
+    result = materialize_range([asset], resources, "p00", "p07", instance=instance)
+
+    assert result.success
+    assert emulator.stats.requests == 8
+    assert len(materializations(instance, asset.key)) == 8
+    assert http.peak == 2
+    assert slow.calls_peak > 2  # answers being decoded no longer hold a request slot
+
+
+def test_with_a_budget_cap_a_request_waits_for_its_predecessors_costs(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http = HTTPInFlight().install(monkeypatch)
+    slow = _SlowDecodes(monkeypatch, seconds=0.2)
+    resources, emulator = emulator_resources(tmp_path, max_concurrency=2, latency_s=0.05)
+    per_image = _estimate(resources, "harbour scene 0", size=SMALL)
+    asset = image_generation_asset(
+        name="capped_slots", prompts=prompts(6), size=SMALL, max_cost_usd=per_image * 100
+    )
+
+    result = materialize_range([asset], resources, "p00", "p05", instance=instance)
+
+    assert result.success
+    assert emulator.stats.requests == 6
+    assert http.peak <= 2
+    assert slow.calls_peak == 2  # a call keeps its slot through its decode: its cost is known
