@@ -51,7 +51,8 @@ HIGH_WATER = 0.5
 DECREASE = 0.5
 """Multiplicative decrease of the pace (and the window) on a 429."""
 START_SHARE = 0.5
-"""The first paced rate, as a share of the account's limit (other processes may share it)."""
+"""The first paced rate, as a share of the account's limit (other processes may share it), plus
+this share squared of what the bucket holds beyond half."""
 JITTER = 0.2
 """Pacing intervals vary by up to this fraction, so processes do not send in lockstep."""
 YIELD_CHANCE = 0.3
@@ -225,7 +226,11 @@ class RateGovernor:
             return
         self._grow_window()
         if self.rate is None:
-            self.rate = START_SHARE * limit
+            # A first share of the refill and of what the bucket holds beyond half (a quarter
+            # of it: others starting at the same time see the same bucket), until the next
+            # answers tell what the others take.
+            spare = max(0.0, level - HIGH_WATER * burst) / max(self.round_trip_s, 1 / limit)
+            self.rate = min(START_SHARE * limit + START_SHARE**2 * spare, MAX_RATE_PER_S)
             self.next_at = now
             return
         self.rate = min(self._target_rate(level, burst, limit), MAX_RATE_PER_S)

@@ -69,8 +69,8 @@ def test_pacing_from_headers() -> None:
     governor = RateGovernor(clock=clock, rng=lambda: 0.5)
     governor.start()
     clock.now += 1
-    # 60 images/min, 9 left, full again in 1 s: burst 10, plenty left.
-    governor.answered(headers(60, 9, "1s"), sent_at=clock.now - 1)
+    # 60 images/min, 5 left, full again in 5 s: burst 10, half of it left.
+    governor.answered(headers(60, 5, "5s"), sent_at=clock.now - 1)
     assert governor.burst == pytest.approx(10)
     assert governor.limit_per_s == pytest.approx(1)
     assert governor.rate == pytest.approx(0.5)  # a first share: others may use the account
@@ -79,6 +79,31 @@ def test_pacing_from_headers() -> None:
     assert governor.delay() == pytest.approx(2.0)
     clock.now += 2.0
     assert governor.delay() == 0
+
+
+def test_a_first_answer_from_a_roomy_bucket_takes_a_quarter_of_the_room_at_once() -> None:
+    """250 images/min with 249 of 250 left: pacing at half the limit until the next answer would
+    add a round trip to a backfill that fits in the bucket many times over."""
+    clock = FakeClock()
+    governor = RateGovernor(clock=clock, rng=lambda: 0.5)
+    governor.start()
+    clock.now += 1
+    governor.answered(headers(250, 249, "240ms"), sent_at=clock.now - 1)
+    limit = 250 / 60
+    assert governor.rate == pytest.approx(0.5 * limit + 0.25 * (249 - 125) / 1.0)
+    sent = 0
+    for _ in range(50):
+        if governor.delay() == 0:
+            governor.start()
+            sent += 1
+        clock.now += 0.01
+    assert sent >= 10, "at half the limit, 2 would have gone in half a second"
+    # The bucket below half: only the first share of the refill.
+    later = RateGovernor(clock=clock, rng=lambda: 0.5)
+    later.start()
+    clock.now += 1
+    later.answered(headers(250, 100, "36s"), sent_at=clock.now - 1)
+    assert later.rate == pytest.approx(0.5 * limit)
 
 
 def test_guard_never_sends_what_the_bucket_cannot_hold() -> None:
@@ -211,9 +236,10 @@ def simulate(
                     )
         clock.now += 0.01
     times = sorted(admitted)
-    span = times[-1] - times[burst]
+    span = times[-1] - times[min(burst, len(times) - 2)]
     return {
         "done": sum(done),
+        "end_s": clock.now,
         "share_429": refused / sent,
         "achieved": (len(times) - 1 - burst) / span * 60 / per_minute,
     }
