@@ -177,7 +177,8 @@ def simulate(
     processes: int, per_minute: float, burst: int, partitions: int, *, seed: int
 ) -> dict[str, Any]:
     """``processes`` governors (8 requests in flight each, latency 1 s) sharing one emulated
-    account bucket, in virtual time: the emulator admits on arrival, answers after the latency."""
+    account bucket, in virtual time: the emulator admits on arrival, answers after the latency.
+    ``first_round_429``: refusals of each process's first, blind request."""
     rng = random.Random(seed)
     clock = FakeClock()
     account = AccountLimits(
@@ -194,7 +195,7 @@ def simulate(
     retries: list[list[tuple[float, int]]] = [[] for _ in range(processes)]
     answers: list[tuple[float, int, int, float, float | None]] = []
     admitted: list[float] = []
-    refused = sent = serial = 0
+    refused = sent = serial = first_round = 0
     end = clock.now + 3600
     while sum(done) < processes * partitions and clock.now < end:
         while answers and answers[0][0] <= clock.now:
@@ -220,6 +221,7 @@ def simulate(
                     retries[p].remove(ready[0])
                 else:
                     todo[p] -= 1
+                blind = governor.sent == 0
                 governor.start()
                 flying[p] += 1
                 sent += 1
@@ -230,6 +232,7 @@ def simulate(
                     heapq.heappush(answers, (clock.now + 1.0, serial, p, clock.now, None))
                 else:
                     refused += 1
+                    first_round += blind
                     heapq.heappush(
                         answers,
                         (clock.now + 0.01, serial, p, clock.now, rejection.retry_after_s),
@@ -241,6 +244,8 @@ def simulate(
         "done": sum(done),
         "end_s": clock.now,
         "share_429": refused / sent,
+        "first_round_429": first_round,
+        "share_429_after_first_round": (refused - first_round) / sent,
         "achieved": (len(times) - 1 - burst) / span * 60 / per_minute,
     }
 
@@ -398,3 +403,17 @@ def test_three_processes_at_240_mostly_without_429s() -> None:
     assert all(o["done"] == 180 for o in outcomes)
     assert sum(o["share_429"] for o in outcomes) / len(outcomes) <= 0.02
     assert sum(o["achieved"] for o in outcomes) / len(outcomes) >= 0.95
+
+
+def test_three_processes_at_a_low_tier_over_a_longer_run() -> None:
+    """10 images/min, burst 2, three processes of 20 partitions each (about 70 answers), over
+    seeds: every partition is served at the limit, and the first round costs exactly one 429
+    (three blind probes, two images: nothing is known before the first answer). What follows is
+    not within the 2 % target (bench/RESULTS.md 4d: 13-19 % over 24 seeds; a process admitted at
+    every refill cannot see the others' 429s): this bounds it so that it does not get worse."""
+    outcomes = [simulate(3, 10, 2, 20, seed=seed) for seed in range(1, 7)]
+    assert all(o["done"] == 60 for o in outcomes)
+    assert all(o["first_round_429"] == 1 for o in outcomes)
+    assert all(o["share_429_after_first_round"] <= 0.22 for o in outcomes)
+    assert sum(o["achieved"] for o in outcomes) / len(outcomes) >= 0.95
+    assert min(o["achieved"] for o in outcomes) >= 0.9
