@@ -106,6 +106,9 @@ class Executor:
         self.store = planner.store
         self.budget = budget
         self.slots = asyncio.Semaphore(self.client.max_concurrency)
+        self.partitions = asyncio.Semaphore(2 * self.client.max_concurrency)
+        """Partitions between sending and stored: answers whose images wait for a slow store
+        hold their bytes, so they are bounded too (the next requests wait in turn)."""
         self.stop_reason: tuple[str, str] | None = None
 
     async def _send(self, planned: Planned) -> tuple[ImageRequest, ImageResult] | Failed:
@@ -151,10 +154,11 @@ class Executor:
 
     async def execute(self, planned: Planned) -> Done | Failed:
         """Send, then store outside the request slot, so the next request starts meanwhile."""
-        sent = await self._send(planned)
-        if isinstance(sent, Failed):
-            return sent
-        return await self._store(planned, *sent)
+        async with self.partitions:
+            sent = await self._send(planned)
+            if isinstance(sent, Failed):
+                return sent
+            return await self._store(planned, *sent)
 
     async def _store(
         self, planned: Planned, request: ImageRequest, result: ImageResult

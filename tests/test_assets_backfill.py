@@ -6,6 +6,7 @@ what the asset yielded.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,38 @@ def test_next_request_starts_while_answers_are_decoded(
     assert len(materializations(instance, asset.key)) == 8
     assert http.peak == 2
     assert slow.calls_peak > 2  # answers being decoded no longer hold a request slot
+
+
+def test_answers_waiting_for_a_slow_store_hold_back_new_requests(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Freed request slots must not let images pile up in memory behind a slow store: partitions
+    between sending and stored stay within twice ``max_concurrency``."""
+    pending = {"now": 0, "peak": 0}
+    execute, write = GPTImageClient.execute, ImageStore.awrite_image
+
+    async def counted(client: GPTImageClient, request: Any, **kwargs: Any) -> Any:
+        pending["now"] += 1
+        pending["peak"] = max(pending["peak"], pending["now"])
+        return await execute(client, request, **kwargs)
+
+    async def slow_write(store: ImageStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            await asyncio.sleep(0.3)
+            return await write(store, *args, **kwargs)
+        finally:
+            pending["now"] -= 1
+
+    monkeypatch.setattr(GPTImageClient, "execute", counted)
+    monkeypatch.setattr(ImageStore, "awrite_image", slow_write)
+    asset = image_generation_asset(name="slow_store", prompts=prompts(16), size=SMALL)
+    resources, emulator = emulator_resources(tmp_path, max_concurrency=2, latency_s=0.01)
+
+    result = materialize_range([asset], resources, "p00", "p15", instance=instance)
+
+    assert result.success
+    assert emulator.stats.requests == 16
+    assert pending["peak"] == 4
 
 
 def test_with_a_budget_cap_a_request_waits_for_its_predecessors_costs(
