@@ -73,12 +73,70 @@ def measure_backfill(
     report: Report,
     label: str,
     targeted: bool = True,
+    repeats: int = 1,
 ) -> float:
-    """Run one single-run backfill of ``n`` partitions; report wall time against the ideal.
+    """Run single-run backfills of ``n`` partitions; report wall time against the ideal.
 
-    ``targeted=False`` reports the ratio without judging it (quick mode, supplementary cases)."""
+    ``targeted=False`` reports the ratio without judging it (quick mode, supplementary cases).
+    With ``repeats``, the backfill runs that many times (new asset, new store: nothing cached)
+    and the figures are those of the median run: on a shared machine one run says little."""
+    runs = [
+        _one_backfill(
+            server,
+            instance,
+            n=n,
+            concurrency=concurrency,
+            latency_s=latency_s,
+            store_dir=store_dir / f"r{index}",
+            name=f"bench_backfill_{label}" + (f"_r{index}" if index else ""),
+        )
+        for index in range(repeats)
+    ]
+    runs.sort(key=lambda run: run["wall"])
+    median = runs[len(runs) // 2]
+    wall, cpu, ideal = median["wall"], median["cpu"], math.ceil(n / concurrency) * latency_s
+    ratio = wall / ideal
+    report.add(f"{label}.partitions", n)
+    report.add(f"{label}.concurrency", concurrency)
+    report.add(f"{label}.latency_s", latency_s, "s")
+    report.add(f"{label}.requests", median["requests"])
+    report.add(f"{label}.wall_s", wall, "s")
+    report.add(f"{label}.ideal_s", ideal, "s", note="ceil(N/C)·L")
+    note = ""
+    if repeats > 1:
+        all_ratios = ", ".join(f"{run['wall'] / ideal:.3f}" for run in runs)
+        note = f"median of {repeats} runs ({all_ratios})"
+    if targeted:
+        report.add(
+            f"{label}.ratio",
+            ratio,
+            target=f"≤ {TARGET_RATIO:.2f}",
+            met=ratio <= TARGET_RATIO + 1e-9,
+            note=note,
+        )
+    else:
+        report.add(f"{label}.ratio", ratio, note=note)
+    report.add(f"{label}.run_cpu_s", cpu, "s", note="this process: Dagster + our code")
+    report.add(f"{label}.run_cpu_per_image_ms", cpu / n * 1000, "ms")
+    for phase, seconds in median["phases"].items():
+        report.add(f"{label}.{phase}_s", seconds, "s")
+    if median["server_cpu"] is not None:
+        report.add(f"{label}.emulator_cpu_s", median["server_cpu"], "s", note="server process")
+    return wall
+
+
+def _one_backfill(
+    server: EmulatorServer,
+    instance: dg.DagsterInstance,
+    *,
+    n: int,
+    concurrency: int,
+    latency_s: float,
+    store_dir: Path,
+    name: str,
+) -> dict[str, Any]:
     table = prompt_table(n)
-    asset = image_generation_asset(name=f"bench_backfill_{label}", prompts=table, size=SIZE)
+    asset = image_generation_asset(name=name, prompts=table, size=SIZE)
     resources = {
         "gptimage": GPTImageResource(
             provider="emulator",
@@ -101,33 +159,16 @@ def measure_backfill(
     done = _materialized(instance, asset.key)
     if not result.success or len(done) != n or stats["requests"] != n:
         raise RuntimeError(
-            f"backfill {label} did not complete: success={result.success}, "
+            f"backfill {name} did not complete: success={result.success}, "
             f"{len(done)}/{n} materialized, {stats['requests']} requests"
         )
-    ideal = math.ceil(n / concurrency) * latency_s
-    ratio = wall / ideal
-    report.add(f"{label}.partitions", n)
-    report.add(f"{label}.concurrency", concurrency)
-    report.add(f"{label}.latency_s", latency_s, "s")
-    report.add(f"{label}.requests", stats["requests"])
-    report.add(f"{label}.wall_s", wall, "s")
-    report.add(f"{label}.ideal_s", ideal, "s", note="ceil(N/C)·L")
-    if targeted:
-        report.add(
-            f"{label}.ratio",
-            ratio,
-            target=f"≤ {TARGET_RATIO:.2f}",
-            met=ratio <= TARGET_RATIO + 1e-9,
-        )
-    else:
-        report.add(f"{label}.ratio", ratio)
-    report.add(f"{label}.run_cpu_s", cpu, "s", note="this process: Dagster + our code")
-    report.add(f"{label}.run_cpu_per_image_ms", cpu / n * 1000, "ms")
-    for phase, seconds in phases(instance, result.run_id).items():
-        report.add(f"{label}.{phase}_s", seconds, "s")
-    if server_cpu is not None and after is not None:
-        report.add(f"{label}.emulator_cpu_s", after - server_cpu, "s", note="server process")
-    return wall
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "requests": stats["requests"],
+        "phases": phases(instance, result.run_id),
+        "server_cpu": None if server_cpu is None or after is None else after - server_cpu,
+    }
 
 
 def phases(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
@@ -315,6 +356,7 @@ def run(*, quick: bool = False) -> Report:
                 report=report,
                 label=label,
                 targeted=targeted,
+                repeats=3 if targeted and n <= 200 else 1,
             )
             if index == 0:
                 measure_baseline(
