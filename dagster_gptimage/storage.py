@@ -230,6 +230,11 @@ def _atomic_write_local(path: str, data: bytes, digest: Any = None) -> None:
     _fsync_directory(directory)
 
 
+def _partition_file(folder: str, partition_key: str, extension: str) -> str:
+    """Where a partition's image (by its format's extension) or sidecar (``json``) lives."""
+    return f"{folder}/{_check_partition_key(partition_key)}.{extension}"
+
+
 def _write_hashed(file: Any, data: bytes, digest: Any) -> None:
     """1 MiB at a time, each chunk hashed then written while it is still in the CPU's cache: a
     4K image hashed whole and then written is read from memory twice (~4 ms more per image)."""
@@ -386,10 +391,10 @@ class ImageStore(dg.ConfigurableResource):
 
     def image_path(self, asset_key: AssetKeyLike, partition_key: str, fmt: str) -> str:
         ext = EXTENSIONS[_normalize_format(fmt)]
-        return f"{self.asset_url(asset_key)}/{_check_partition_key(partition_key)}.{ext}"
+        return _partition_file(self.asset_url(asset_key), partition_key, ext)
 
     def sidecar_path(self, asset_key: AssetKeyLike, partition_key: str) -> str:
-        return f"{self.asset_url(asset_key)}/{_check_partition_key(partition_key)}.json"
+        return _partition_file(self.asset_url(asset_key), partition_key, "json")
 
     def write_image(
         self,
@@ -413,10 +418,9 @@ class ImageStore(dg.ConfigurableResource):
                 f"image data is {sniffed.upper()} but fmt={fmt!r}: the file extension and the "
                 "sidecar would lie about the image"
             )
-        # The folder once: resolving the base URL and checking the key is not free per file.
+        # The folder once: resolving the base URL is not free per file.
         folder = self.asset_url(asset_key)
-        _check_partition_key(partition_key)
-        path = f"{folder}/{partition_key}.{EXTENSIONS[fmt]}"
+        path = _partition_file(folder, partition_key, EXTENSIONS[fmt])
         update: dict[str, Any] = {
             "asset_key": _asset_key_path(asset_key),
             "partition_key": partition_key,
@@ -436,7 +440,7 @@ class ImageStore(dg.ConfigurableResource):
         self._write(path, data, digest)
         final = record.model_copy(update={**update, "sha256": digest.hexdigest()})
         sidecar = final.model_dump_json(indent=2).encode()
-        self.write_bytes(f"{folder}/{partition_key}.json", sidecar)
+        self.write_bytes(_partition_file(folder, partition_key, "json"), sidecar)
         self._remove_other_formats(folder, partition_key, fmt)
         return final
 
@@ -468,7 +472,7 @@ class ImageStore(dg.ConfigurableResource):
         fs, local = self._filesystem()
         keep = EXTENSIONS[fmt]
         for other in sorted(set(EXTENSIONS.values()) - {keep}):
-            target = fs._strip_protocol(f"{folder}/{partition_key}.{other}")
+            target = fs._strip_protocol(_partition_file(folder, partition_key, other))
             with contextlib.suppress(FileNotFoundError):
                 if local:
                     os.unlink(target)
