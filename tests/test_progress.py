@@ -130,7 +130,10 @@ def test_the_summary_counts_what_the_rate_limit_cost_the_run(
     )
     asset = image_generation_asset(name="limited", prompts=table, size=SMALL)
     resources, emulator = emulator_resources(
-        tmp_path, max_concurrency=4, latency_s=0.0, images_per_minute=120, images_burst=1
+        tmp_path,
+        max_concurrency=4,
+        latency_s=0.0,
+        emulator_options={"images_per_minute": 120, "images_burst": 1},
     )
     result = materialize_range([asset], resources, "r0", "r3", instance=instance)
     assert result.success
