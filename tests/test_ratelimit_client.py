@@ -33,6 +33,15 @@ def headers(limit: float, remaining: float, reset: str) -> dict[str, str]:
     }
 
 
+def after_one_answer(clock: FakeClock, answer: dict[str, str], *, rng: float = 0.5) -> RateGovernor:
+    """A new governor whose first request got ``answer`` one second after it was sent."""
+    governor = RateGovernor(clock=clock, rng=lambda: rng)
+    governor.start()
+    clock.now += 1
+    governor.answered(answer, sent_at=clock.now - 1)
+    return governor
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("120ms", 0.12), ("1s", 1.0), ("7.5s", 7.5), ("6m0s", 360.0), ("1h2m3s", 3723.0), ("2", 2.0)],
@@ -85,10 +94,7 @@ def test_a_first_answer_from_a_roomy_bucket_takes_a_quarter_of_the_room_at_once(
     """250 images/min with 249 of 250 left: pacing at half the limit until the next answer would
     add a round trip to a backfill that fits in the bucket many times over."""
     clock = FakeClock()
-    governor = RateGovernor(clock=clock, rng=lambda: 0.5)
-    governor.start()
-    clock.now += 1
-    governor.answered(headers(250, 249, "240ms"), sent_at=clock.now - 1)
+    governor = after_one_answer(clock, headers(250, 249, "240ms"))
     limit = 250 / 60
     assert governor.rate == pytest.approx(0.5 * limit + 0.25 * (249 - 125) / 1.0)
     sent = 0
@@ -99,19 +105,13 @@ def test_a_first_answer_from_a_roomy_bucket_takes_a_quarter_of_the_room_at_once(
         clock.now += 0.01
     assert sent >= 10, "at half the limit, 2 would have gone in half a second"
     # The bucket below half: only the first share of the refill.
-    later = RateGovernor(clock=clock, rng=lambda: 0.5)
-    later.start()
-    clock.now += 1
-    later.answered(headers(250, 100, "36s"), sent_at=clock.now - 1)
+    later = after_one_answer(clock, headers(250, 100, "36s"))
     assert later.rate == pytest.approx(0.5 * limit)
 
 
 def test_guard_never_sends_what_the_bucket_cannot_hold() -> None:
     clock = FakeClock()
-    governor = RateGovernor(clock=clock, rng=lambda: 0.0)
-    governor.start()
-    clock.now += 1
-    governor.answered(headers(60, 9, "1s"), sent_at=clock.now - 1)
+    governor = after_one_answer(clock, headers(60, 9, "1s"), rng=0.0)
     governor.rate = None  # pacing out of the way
     for _ in range(9):
         assert governor.delay() == 0
@@ -122,10 +122,7 @@ def test_guard_never_sends_what_the_bucket_cannot_hold() -> None:
 
 def test_429_pauses_everyone_but_the_refused_request_and_cuts_the_rate() -> None:
     clock = FakeClock()
-    governor = RateGovernor(clock=clock, rng=lambda: 0.5)
-    governor.start()
-    clock.now += 1
-    governor.answered(headers(600, 100, "1s"), sent_at=clock.now - 1)
+    governor = after_one_answer(clock, headers(600, 100, "1s"))
     rate = governor.rate
     assert rate is not None
     governor.start()
@@ -265,10 +262,7 @@ def test_what_others_take_is_learned_from_the_level_and_kept_in_reserve() -> Non
     two images more than the refill: the others take about that much, and the guard now waits
     longer than this process's own view of the bucket alone would."""
     clock = FakeClock()
-    governor = RateGovernor(clock=clock, rng=lambda: 0.0)
-    governor.start()
-    clock.now += 1
-    governor.answered(headers(60, 10, "10s"), sent_at=clock.now - 1)  # burst 20, level 10
+    governor = after_one_answer(clock, headers(60, 10, "10s"), rng=0.0)  # burst 20, level 10
     assert governor.others_per_s is None
     governor.start()
     clock.now += 1
