@@ -18,6 +18,7 @@ import os
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,19 +99,19 @@ def measure_backfill(
                     name=f"bench_backfill_{label}",
                 )
             )
-    runs.sort(key=lambda run: run["wall"])
+    runs.sort(key=lambda run: run.wall)
     median = runs[len(runs) // 2]
-    wall, cpu, ideal = median["wall"], median["cpu"], math.ceil(n / concurrency) * latency_s
+    wall, cpu, ideal = median.wall, median.cpu, math.ceil(n / concurrency) * latency_s
     ratio = wall / ideal
     report.add(f"{label}.partitions", n)
     report.add(f"{label}.concurrency", concurrency)
     report.add(f"{label}.latency_s", latency_s, "s")
-    report.add(f"{label}.requests", median["requests"])
+    report.add(f"{label}.requests", median.requests)
     report.add(f"{label}.wall_s", wall, "s")
     report.add(f"{label}.ideal_s", ideal, "s", note="ceil(N/C)·L")
     note = ""
     if repeats > 1:
-        all_ratios = ", ".join(f"{run['wall'] / ideal:.3f}" for run in runs)
+        all_ratios = ", ".join(f"{run.wall / ideal:.3f}" for run in runs)
         note = f"median of {repeats} runs ({all_ratios})"
     if targeted:
         report.add(
@@ -124,11 +125,22 @@ def measure_backfill(
         report.add(f"{label}.ratio", ratio, note=note)
     report.add(f"{label}.run_cpu_s", cpu, "s", note="this process: Dagster + our code")
     report.add(f"{label}.run_cpu_per_image_ms", cpu / n * 1000, "ms")
-    for phase, seconds in median["phases"].items():
+    for phase, seconds in median.phases.items():
         report.add(f"{label}.{phase}_s", seconds, "s")
-    if median["server_cpu"] is not None:
-        report.add(f"{label}.emulator_cpu_s", median["server_cpu"], "s", note="server process")
+    if median.server_cpu is not None:
+        report.add(f"{label}.emulator_cpu_s", median.server_cpu, "s", note="server process")
     return wall
+
+
+@dataclass(frozen=True)
+class _Backfill:
+    """What one backfill run measured."""
+
+    wall: float
+    cpu: float
+    requests: int
+    phases: dict[str, float]
+    server_cpu: float | None
 
 
 def _one_backfill(
@@ -140,7 +152,7 @@ def _one_backfill(
     latency_s: float,
     store_dir: Path,
     name: str,
-) -> dict[str, Any]:
+) -> _Backfill:
     table = prompt_table(n)
     asset = image_generation_asset(name=name, prompts=table, size=SIZE)
     resources = {
@@ -168,13 +180,13 @@ def _one_backfill(
             f"backfill {name} did not complete: success={result.success}, "
             f"{len(done)}/{n} materialized, {stats['requests']} requests"
         )
-    return {
-        "wall": wall,
-        "cpu": cpu,
-        "requests": stats["requests"],
-        "phases": phases(instance, result.run_id),
-        "server_cpu": None if server_cpu is None or after is None else after - server_cpu,
-    }
+    return _Backfill(
+        wall=wall,
+        cpu=cpu,
+        requests=stats["requests"],
+        phases=phases(instance, result.run_id),
+        server_cpu=None if server_cpu is None or after is None else after - server_cpu,
+    )
 
 
 def phases(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:

@@ -38,6 +38,7 @@ from bench._images import photo_bytes
 from dagster_gptimage import _providers as providers
 from dagster_gptimage._checks import DecodedImage, verify_image
 from dagster_gptimage._metadata import data_version_tags, partition_metadata, preview_value
+from dagster_gptimage.emulator._bodies import usage_json
 from dagster_gptimage.fingerprint import request_fingerprint
 from dagster_gptimage.images import (
     PREVIEW_MAX_BYTES,
@@ -45,7 +46,7 @@ from dagster_gptimage.images import (
     inspect_image,
     thumbnail_data_uri,
 )
-from dagster_gptimage.models import GeneratedImage, GenerateRequest, Usage
+from dagster_gptimage.models import GeneratedImage, GenerateRequest, OutputFormat, Usage
 from dagster_gptimage.pricing import estimate_usage
 from dagster_gptimage.storage import ImageRecord, ImageStore
 
@@ -59,19 +60,10 @@ Stages = dict[str, float]
 
 def response_body(data: bytes, request: GenerateRequest) -> bytes:
     """A response body like the API's for one image."""
-    usage = estimate_usage(request)
     payload = {
         "created": int(time.time()),
         "data": [{"b64_json": base64.b64encode(data).decode("ascii")}],
-        "usage": {
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "total_tokens": usage.total_tokens,
-            "input_tokens_details": {
-                "text_tokens": usage.input_text_tokens,
-                "image_tokens": usage.input_image_tokens,
-            },
-        },
+        "usage": usage_json(estimate_usage(request)),
     }
     return json.dumps(payload).encode()
 
@@ -175,7 +167,9 @@ def _timed(function: Callable[[int], None], indexes: range) -> float:
     return time.process_time() - started
 
 
-def measure_overhead(report: Report, *, width: int, height: int, fmt: str, iterations: int) -> None:
+def measure_overhead(
+    report: Report, *, width: int, height: int, fmt: OutputFormat, iterations: int
+) -> None:
     label = f"overhead_{width}x{height}_{fmt}"
     data = photo_bytes(width, height, fmt)
     request = GenerateRequest(
@@ -345,7 +339,7 @@ def run(*, quick: bool = False) -> Report:
         "variants take turns in rounds; a ratio is the median of the rounds' ratios); "
         "photo-like images with realistic byte sizes (bench/_images.py); local disk store"
     )
-    cases = (
+    cases: list[tuple[int, int, OutputFormat, int]] = (
         [(1024, 1024, "png", 2), (1024, 1024, "webp", 2)]
         if quick
         else [

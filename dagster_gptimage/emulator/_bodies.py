@@ -23,7 +23,7 @@ from ._wire import Call
 if TYPE_CHECKING:
     from dagster_gptimage.models import Usage
 
-__all__ = ["generate", "render_cached", "success_body"]
+__all__ = ["generate", "render_cached", "success_body", "usage_json"]
 
 _SCHEMA_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
 _SCHEMA_FORMATS = frozenset({"png", "webp", "jpeg"})
@@ -116,7 +116,7 @@ def success_body(
     payload["quality"] = call.quality
     if size in _SCHEMA_SIZES:
         payload["size"] = size
-    payload["usage"] = _usage_json(usage)
+    payload["usage"] = usage_json(usage)
     text = json.dumps(payload, separators=(",", ":"))
     if encoded:
         items = ",".join(f'{{"b64_json":"{item}"}}' for item in encoded)
@@ -150,7 +150,7 @@ def _stream_body(call: Call, images: Sequence[bytes], size: str) -> bytes:
             "type": f"{prefix}.completed",
             "b64_json": encoded,
             **common,
-            "usage": _usage_json(single),
+            "usage": usage_json(single),
         }
         chunks.append(_sse(event))
     return "".join(chunks).encode()
@@ -160,7 +160,8 @@ def _sse(event: Mapping[str, Any]) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
 
 
-def _usage_json(usage: Usage) -> dict[str, Any]:
+def usage_json(usage: Usage) -> dict[str, Any]:
+    """``usage`` as the API writes it (what :meth:`Usage.from_api` reads back)."""
     return {
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
