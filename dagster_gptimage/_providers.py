@@ -328,9 +328,8 @@ def parse_images_answer(body: bytes) -> ImagesAnswer:
     answer = _cut_answer(body)
     if answer is not None:
         return answer
-    parsed = _validated(_json_object(body))
+    parsed = parse_images_body(body)
     encoded: list[B64Text | None] = [datum.b64_json for datum in parsed.data]
-    _check_data(parsed, encoded)
     for datum in parsed.data:
         datum.b64_json = None
     return ImagesAnswer(parsed, encoded)

@@ -229,7 +229,7 @@ class RateGovernor:
             # A first share of the refill and of what the bucket holds beyond half (a quarter
             # of it: others starting at the same time see the same bucket), until the next
             # answers tell what the others take.
-            spare = max(0.0, level - HIGH_WATER * burst) / max(self.round_trip_s, 1 / limit)
+            spare = self._spare_rate(level, burst, limit)
             self.rate = min(START_SHARE * limit + START_SHARE**2 * spare, MAX_RATE_PER_S)
             self.next_at = now
             return
@@ -332,8 +332,12 @@ class RateGovernor:
         """What this process may use: the refill the others leave, plus a share of what the
         bucket holds beyond half (capacity going unused)."""
         others = self.others_per_s or 0.0
-        spare = max(0.0, level - HIGH_WATER * burst) / max(self.round_trip_s, 1 / limit, 1e-3)
+        spare = self._spare_rate(level, burst, limit)
         return max(MIN_SHARE * limit, limit - others + spare) * PACE_HEADROOM
+
+    def _spare_rate(self, level: float, burst: float, limit: float) -> float:
+        """What the bucket holds beyond half, spread over a round trip: capacity going unused."""
+        return max(0.0, level - HIGH_WATER * burst) / max(self.round_trip_s, 1 / limit, 1e-3)
 
     def _cut(
         self, now: float, sent_at: float, current: float | None, *, in_flight: int | None = None
