@@ -13,7 +13,10 @@ how much is left (``x-ratelimit-remaining-requests``) and how long until it is f
 - **guards** each send: never before the bucket, as this process last saw it and has used it
   since, holds the request (refills come at instants every process computes alike, since images
   are taken whole); and not before the others, at the rate they take, will have left it the
-  request plus a small reserve (their takes come at instants this process cannot see). So
+  request plus a small reserve (their takes come at instants this process cannot see, and a
+  process that starts or comes back is unseen until it has taken an image: a couple of images
+  always stay in the bucket for it, when the burst allows). The others' rate is trusted for one
+  averaging window past the last answer, no longer: they may have finished. So
   processes take turns at the refills instead of racing for each one. A process that keeps
   finding the bucket empty while others are about lets one refill go by now and then (the others'
   429s do not show in its answers, so it cannot know who waits);
@@ -64,6 +67,10 @@ MIN_SHARE = 0.1
 RESERVE_ROUNDS = 2.0
 """The guard leaves in the bucket what the others take in this many round trips (at most a
 quarter of the burst): their takes come in whole images at instants this process cannot see."""
+RESERVE_FLOOR = 2.0
+"""And always this many images (at most a quarter of the burst), others seen or not: a process
+taking each image as it is refilled would meet, at that refill, any process that starts or comes
+back, and would never see it (a 429 takes nothing from the bucket)."""
 MIN_PACE = 0.25
 """429s halve the pace down to this share of the limit, no lower (the guard does the rest)."""
 WINDOW_IMAGES = 4.0
@@ -323,10 +330,15 @@ class RateGovernor:
         previous = self.others_per_s
         if previous is not None and level >= burst - 1:
             taken = min(taken, previous * since)  # a full bucket hides refill that was lost
-        weight = 1 - math.exp(-since / max(MIN_WINDOW_S, WINDOW_IMAGES / rate))
+        weight = 1 - math.exp(-since / self._window_s(rate))
         sample = min(taken / since, rate)
         previous = previous or 0.0
         self.others_per_s = min(previous + weight * (sample - previous), rate * (1 - MIN_SHARE))
+
+    @staticmethod
+    def _window_s(limit: float) -> float:
+        """How long the others' rate is averaged over (and trusted for)."""
+        return max(MIN_WINDOW_S, WINDOW_IMAGES / limit)
 
     def _target_rate(self, level: float, burst: float, limit: float) -> float:
         """What this process may use: the refill the others leave, plus a share of what the
@@ -381,13 +393,21 @@ class RateGovernor:
         short = min(float(images), burst) + self.sent_since_reading - level
         ready = self._refill_at(self.level_at + short / limit, up=True) if short > 1e-9 else now
         others = self.others_per_s or 0.0
-        # What the others take comes in whole images at unknown instants: keep some in reserve.
-        short += min(LOW_WATER * burst, RESERVE_ROUNDS * others * max(self.round_trip_s, 1 / limit))
-        if others > 0 and short > 1e-9:
-            fair = self._refill_at(self.level_at + short / (limit - others), up=False)
+        # What the others take comes in whole images at unknown instants, and a process that
+        # starts or comes back is unseen until it has taken one: keep some in reserve.
+        reserve = RESERVE_ROUNDS * others * max(self.round_trip_s, 1 / limit)
+        short += min(LOW_WATER * burst, max(RESERVE_FLOOR, reserve))
+        if short > 1e-9:
+            if others > 0:
+                fair = self._refill_at(self.level_at + short / (limit - others), up=False)
+            else:
+                fair = self._refill_at(self.level_at + short / limit, up=True)
             if self.yielding:
                 fair += 1 / limit
-            ready = max(ready, fair)
+            # The others' rate is an average over one window: past it, without a newer answer, it
+            # may be stale (they may have finished), so the guard stops waiting for them.
+            trusted = self.level_at + max(self.round_trip_s, self._window_s(limit))
+            ready = max(ready, min(fair, max(ready, self._refill_at(trusted, up=True))))
         if ready <= now:
             return 0.0
         # Processes that compute the same refill instant race for it: spread them a little.

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from dagster_gptimage import _ratelimit
 from dagster_gptimage._ratelimit import RateGovernor, parse_duration, read_limit_headers
 from dagster_gptimage.client import GPTImageClient
 from dagster_gptimage.emulator import Emulator
@@ -109,14 +110,15 @@ def test_a_first_answer_from_a_roomy_bucket_takes_a_quarter_of_the_room_at_once(
     assert later.rate == pytest.approx(0.5 * limit)
 
 
-def test_guard_never_sends_what_the_bucket_cannot_hold() -> None:
+def test_guard_never_sends_what_the_bucket_cannot_hold_and_keeps_a_reserve() -> None:
+    """Nine images left of a burst of 10, nobody else seen: seven go at once, two stay in the
+    bucket (RESERVE_FLOOR) for a process this one cannot see yet, and the next waits a refill."""
     clock = FakeClock()
     governor = after_one_answer(clock, headers(60, 9, "1s"), rng=0.0)
     governor.rate = None  # pacing out of the way
-    for _ in range(9):
+    for _ in range(7):
         assert governor.delay() == 0
         governor.start()
-    # Nine images taken from a level of 9: the next one is refilled in 1 s.
     assert governor.delay() == pytest.approx(1.0)
 
 
@@ -171,11 +173,21 @@ def test_without_headers_429s_shrink_the_window_and_successes_grow_it() -> None:
 
 
 def simulate(
-    processes: int, per_minute: float, burst: int, partitions: int, *, seed: int
+    processes: int,
+    per_minute: float,
+    burst: int,
+    partitions: int,
+    *,
+    seed: int,
+    runs: int | None = None,
+    startup_s: float = 4.0,
+    latency_s: float = 1.0,
 ) -> dict[str, Any]:
     """``processes`` governors (8 requests in flight each, latency 1 s) sharing one emulated
     account bucket, in virtual time: the emulator admits on arrival, answers after the latency.
-    ``first_round_429``: refusals of each process's first, blind request."""
+    ``runs``: that many runs of ``partitions`` each, at most ``processes`` at once (a queued run
+    coordinator), each a new process with a new governor starting ``startup_s`` after another
+    ends. ``first_round_429``: refusals of each process's first, blind request."""
     rng = random.Random(seed)
     clock = FakeClock()
     account = AccountLimits(
@@ -185,29 +197,40 @@ def simulate(
         tokens_burst=None,
         now=clock.now,
     )
-    governors = [RateGovernor(clock=clock, rng=rng.random) for _ in range(processes)]
-    todo = [partitions] * processes
-    done = [0] * processes
-    flying = [0] * processes
-    retries: list[list[tuple[float, int]]] = [[] for _ in range(processes)]
+    total_runs = runs if runs is not None else processes
+    governors: list[RateGovernor | None] = [None] * total_runs
+    starts = [(clock.now, p) for p in range(min(processes, total_runs))]
+    queued = len(starts)
+    todo = [partitions] * total_runs
+    done = [0] * total_runs
+    flying = [0] * total_runs
+    retries: list[list[tuple[float, int]]] = [[] for _ in range(total_runs)]
     answers: list[tuple[float, int, int, float, float | None]] = []
     admitted: list[float] = []
     refused = sent = serial = first_round = 0
     end = clock.now + 3600
-    while sum(done) < processes * partitions and clock.now < end:
+    while sum(done) < total_runs * partitions and clock.now < end:
+        for start in [s for s in starts if s[0] <= clock.now]:
+            starts.remove(start)
+            governors[start[1]] = RateGovernor(clock=clock, rng=rng.random)
         while answers and answers[0][0] <= clock.now:
             _, _, p, sent_at, retry_after = heapq.heappop(answers)
+            governor = governors[p]
+            assert governor is not None
             flying[p] -= 1
             answer = dict(account.headers(clock.now))
             if retry_after is None:
-                governors[p].answered(answer, sent_at=sent_at)
+                governor.answered(answer, sent_at=sent_at)
                 done[p] += 1
+                if done[p] == partitions and queued < total_runs:
+                    starts.append((clock.now + startup_s, queued))
+                    queued += 1
             else:
                 answer.update(retry_after_headers(retry_after))
-                pause, wait = governors[p].refused(answer, retry_after, sent_at=sent_at)
+                pause, wait = governor.refused(answer, retry_after, sent_at=sent_at)
                 retries[p].append((clock.now + wait, pause))
         for p, governor in enumerate(governors):
-            while flying[p] < 8:
+            while governor is not None and flying[p] < 8:
                 ready = [r for r in retries[p] if r[0] <= clock.now]
                 if not ready and not todo[p]:
                     break
@@ -226,7 +249,7 @@ def simulate(
                 rejection = account.admit(images=1, tokens=0, now=clock.now)
                 if rejection is None:
                     admitted.append(clock.now)
-                    heapq.heappush(answers, (clock.now + 1.0, serial, p, clock.now, None))
+                    heapq.heappush(answers, (clock.now + latency_s, serial, p, clock.now, None))
                 else:
                     refused += 1
                     first_round += blind
@@ -392,11 +415,41 @@ def test_three_processes_at_a_low_tier_take_turns(seed: int) -> None:
 
 def test_three_processes_at_240_mostly_without_429s() -> None:
     """The 240 images/min case over several seeds: on average at most 2 % of answers are 429
-    (the cold start, when nobody has seen the others yet) and the limit is used."""
-    outcomes = [simulate(3, 240, 20, 60, seed=seed) for seed in range(1, 5)]
+    and the limit is used in every seed (before the others' rate was trusted for one window
+    only, a process that had seen busy others waited up to 15 s after they had finished:
+    0.78-1.04 x the limit over these seeds)."""
+    outcomes = [simulate(3, 240, 20, 60, seed=seed) for seed in range(1, 9)]
     assert all(o["done"] == 180 for o in outcomes)
     assert sum(o["share_429"] for o in outcomes) / len(outcomes) <= 0.02
-    assert sum(o["achieved"] for o in outcomes) / len(outcomes) >= 0.95
+    assert min(o["achieved"] for o in outcomes) >= 0.95
+
+
+@pytest.mark.parametrize(("per_minute", "burst"), [(60, 10), (240, 20)])
+def test_queued_runs_starting_while_others_run_are_not_refused(per_minute: int, burst: int) -> None:
+    """bench/production.py's shape: six runs of 30, three at a time (QueuedRunCoordinator), each
+    a new process that knows nothing. Each keeps RESERVE_FLOOR images in the bucket, so a run
+    that starts, or one that was waiting, finds one instead of meeting a process that takes each
+    image as it is refilled (at 60/min: 4 % of answers were 429 without it, over these seeds)."""
+    outcomes = [simulate(3, per_minute, burst, 30, runs=6, seed=seed) for seed in range(1, 7)]
+    assert all(o["done"] == 180 for o in outcomes)
+    assert sum(o["share_429"] for o in outcomes) / len(outcomes) <= 0.01
+    assert max(o["share_429"] for o in outcomes) <= 0.02
+    assert min(o["achieved"] for o in outcomes) >= 0.95
+
+
+def test_the_others_rate_is_trusted_for_one_window_only() -> None:
+    """A process that saw the others take 90 % of 240/min waits for its share, but not longer
+    than the others' averaging window past its last answer: they may have finished, and only an
+    answer can tell."""
+    clock = FakeClock()
+    governor = after_one_answer(clock, headers(240, 0, "5s"), rng=0.0)
+    governor.rate = None  # pacing out of the way
+    governor.others_per_s = 0.9 * 4
+    wait = governor.delay()
+    window = max(_ratelimit.MIN_WINDOW_S, _ratelimit.WINDOW_IMAGES / 4)
+    # Unbounded, the others' leftover (0.4 images/s) would hold it 15 s for the 6 images it
+    # needs in the bucket (its own and a reserve of a quarter of the burst of 20).
+    assert 0 < wait <= window + 0.25 + 0.05
 
 
 def test_three_processes_at_a_low_tier_over_a_longer_run() -> None:
