@@ -11,7 +11,8 @@ per partition. The setup lives in ``bench/production.py`` (the benchmark runs a 
 The share of 429 answers is reported and held to ``MAX_SHARE_429``. The issue's target (2 %) is
 for a long backfill at steady state (``python -m bench ratelimit`` / ``production``); here six
 short runs start one after another, each a new process whose client learns the limit from its first
-answers, so cold starts dominate (9 % measured with the adaptive client, 55 % before it).
+answers (0-1.6 % measured since the governor keeps a reserve for processes it has not seen yet; 9 %
+before that, 55 % before the adaptive client).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bench._services import ServiceUnavailable  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-MAX_SHARE_429 = 0.2
+MAX_SHARE_429 = 0.05
 """Six cold-starting run processes sharing one small burst; the steady-state target (0.02) is
 checked by the benchmarks."""
 
@@ -44,8 +45,9 @@ SCENARIO = production.Scenario(
     timeout_s=200,
     max_retries=100,
 )
-"""A burst of 5 below a run's 8 first requests makes every run meet 429s; 100 retries of a 0.5 s
-``retry-after`` outlast the contention (with 30, the benchmark at 60/min lost 8 of 180 partitions)."""
+"""A burst of 5, below a run's 8 first requests: the runs share the account's limit (with a client
+that did not pace itself, every run met 429s; 100 retries of a 0.5 s ``retry-after`` outlasted the
+contention where 30 lost 8 of 180 partitions of the benchmark at 60/min)."""
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +115,10 @@ def test_each_image_is_paid_once_and_429s_are_reported(outcome: production.Outco
     stats = outcome.stats
     assert stats["billed_images"] == SCENARIO.partitions, "nothing paid twice, nothing lost"
     assert stats["requests"] == SCENARIO.partitions + stats["rate_limited"], stats["faults"]
-    assert stats["rate_limited"] > 0, "a run's 8 first requests exceed the burst of 5: shared"
     assert outcome.share_429 <= MAX_SHARE_429
     achieved = outcome.achieved_per_minute
     assert achieved is not None
     assert achieved <= SCENARIO.images_per_minute * 1.1, "the account limit held"
+    assert achieved >= SCENARIO.images_per_minute * 0.7, (
+        "the account's limit, not the machine, bounded the runs (else nothing was shared)"
+    )
