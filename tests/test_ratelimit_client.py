@@ -452,6 +452,16 @@ def test_the_others_rate_is_trusted_for_one_window_only() -> None:
     assert 0 < wait <= window + 0.25 + 0.05
 
 
+def test_three_processes_at_a_low_tier_with_a_minutes_bucket() -> None:
+    """10 images/min with the emulator's default bucket (a minute's worth), three processes of 60
+    partitions (bench/ratelimit.py's ratelimit_ipm10_b10): at most 2 % of answers 429 and the
+    limit used (before RESERVE_FLOOR: 4.9 % and 0.93-1.0 x over 12 seeds)."""
+    outcomes = [simulate(3, 10, 10, 60, seed=seed) for seed in range(1, 4)]
+    assert all(o["done"] == 180 for o in outcomes)
+    assert max(o["share_429"] for o in outcomes) <= 0.02
+    assert min(o["achieved"] for o in outcomes) >= 0.95
+
+
 def test_three_processes_at_a_low_tier_over_a_longer_run() -> None:
     """10 images/min, burst 2, three processes of 20 partitions each (about 70 answers), over
     seeds: every partition is served at the limit, and the first round costs exactly one 429
