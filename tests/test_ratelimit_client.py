@@ -181,7 +181,6 @@ def simulate(
     seed: int,
     runs: int | None = None,
     startup_s: float = 4.0,
-    latency_s: float = 1.0,
 ) -> dict[str, Any]:
     """``processes`` governors (8 requests in flight each, latency 1 s) sharing one emulated
     account bucket, in virtual time: the emulator admits on arrival, answers after the latency.
@@ -249,7 +248,7 @@ def simulate(
                 rejection = account.admit(images=1, tokens=0, now=clock.now)
                 if rejection is None:
                     admitted.append(clock.now)
-                    heapq.heappush(answers, (clock.now + latency_s, serial, p, clock.now, None))
+                    heapq.heappush(answers, (clock.now + 1.0, serial, p, clock.now, None))
                 else:
                     refused += 1
                     first_round += blind
