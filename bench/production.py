@@ -34,7 +34,7 @@ import yaml
 
 from bench._common import REPO_ROOT, EmulatorServer, Report
 from bench._services import PostgresServer, S3Server, postgres_server, seaweedfs_server
-from bench.ratelimit import TARGET_SHARE_429, TARGET_THROUGHPUT, achieved_per_minute
+from bench.ratelimit import achieved_per_minute, add_limit_figures
 
 DOC = REPO_ROOT / "docs" / "production.md"
 ASSET = "scenes"
@@ -513,27 +513,14 @@ def report(outcome: Outcome, into: Report) -> None:
         met=outcome.stats["billed_images"] == s.partitions,
     )
     into.add(f"{label}.requests", outcome.stats["requests"])
-    into.add(
-        f"{label}.share_429",
-        outcome.share_429 * 100,
-        "%",
-        note="of all answers",
-        target=f"≤ {TARGET_SHARE_429:.0%}",
-        met=outcome.share_429 <= TARGET_SHARE_429,
-    )
     into.add(f"{label}.images_per_minute_limit", s.images_per_minute, note=f"burst {s.burst}")
-    achieved = outcome.achieved_per_minute
-    if achieved is None:
-        into.add(f"{label}.achieved_per_minute", "n/a", note="too few images after the burst")
-    else:
-        into.add(f"{label}.achieved_per_minute", achieved, note="admitted after the burst")
-        ratio = achieved / s.images_per_minute
-        into.add(
-            f"{label}.achieved_vs_limit",
-            ratio,
-            target=f"≥ {TARGET_THROUGHPUT:.2f}",
-            met=ratio >= TARGET_THROUGHPUT,
-        )
+    add_limit_figures(
+        into,
+        label,
+        share_429=outcome.share_429,
+        achieved=outcome.achieved_per_minute,
+        limit=s.images_per_minute,
+    )
     into.add(f"{label}.wall_s", outcome.wall_s, "s", note="launch to the backfill's final status")
     into.add(f"{label}.ideal_s", s.ideal_s, "s", note="(partitions - burst) / limit + latency")
     into.add(f"{label}.runs_span_s", outcome.runs_span_s, "s", note="first run start to last end")

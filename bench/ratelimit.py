@@ -82,6 +82,32 @@ def achieved_per_minute(admitted: Sequence[float], burst: int) -> float | None:
     return (len(times) - 1 - burst) / span * 60 if span > 0 else None
 
 
+def add_limit_figures(
+    report: Report, label: str, *, share_429: float, achieved: float | None, limit: float
+) -> None:
+    """The share of 429 answers and the images per minute achieved after the burst, judged by the
+    issue's targets (this benchmark and bench/production.py)."""
+    report.add(
+        f"{label}.share_429",
+        share_429 * 100,
+        "%",
+        note="of all answers",
+        target=f"≤ {TARGET_SHARE_429:.0%}",
+        met=share_429 <= TARGET_SHARE_429,
+    )
+    if achieved is None:
+        report.add(f"{label}.achieved_per_minute", "n/a", note="too few images after the burst")
+        return
+    report.add(f"{label}.achieved_per_minute", achieved, note="admitted after the initial burst")
+    ratio = achieved / limit
+    report.add(
+        f"{label}.achieved_vs_limit",
+        ratio,
+        target=f"≥ {TARGET_THROUGHPUT:.2f}",
+        met=ratio >= TARGET_THROUGHPUT,
+    )
+
+
 def _launch(case: Case, base_url: str, index: int, root: Path) -> subprocess.Popen[str]:
     command = [
         sys.executable,
@@ -216,24 +242,9 @@ def _report(
         note="images paid for beyond one per stored partition",
     )
     report.add(f"{label}.answers_429", refused)
-    report.add(
-        f"{label}.share_429",
-        share * 100,
-        "%",
-        target=f"≤ {TARGET_SHARE_429:.0%}",
-        met=share <= TARGET_SHARE_429,
+    add_limit_figures(
+        report, label, share_429=share, achieved=achieved, limit=case.images_per_minute
     )
-    if achieved is None:
-        report.add(f"{label}.achieved_per_minute", "n/a", note="too few images after the burst")
-    else:
-        ratio = achieved / case.images_per_minute
-        report.add(f"{label}.achieved_per_minute", achieved, note="after the initial burst")
-        report.add(
-            f"{label}.achieved_vs_limit",
-            ratio,
-            target=f"≥ {TARGET_THROUGHPUT:.2f}",
-            met=ratio >= TARGET_THROUGHPUT,
-        )
     report.add(
         f"{label}.stored_per_minute",
         done / wall_s * 60 if wall_s > 0 else 0.0,

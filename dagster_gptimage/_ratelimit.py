@@ -398,16 +398,14 @@ class RateGovernor:
         reserve = RESERVE_ROUNDS * others * max(self.round_trip_s, 1 / limit)
         short += min(LOW_WATER * burst, max(RESERVE_FLOOR, reserve))
         if short > 1e-9:
-            if others > 0:
-                fair = self._refill_at(self.level_at + short / (limit - others), up=False)
-            else:
-                fair = self._refill_at(self.level_at + short / limit, up=True)
+            # Alone, the reserve is this process's own: never sooner than the refill that holds it.
+            fair = self._refill_at(self.level_at + short / (limit - others), up=others <= 0)
             if self.yielding:
                 fair += 1 / limit
             # The others' rate is an average over one window: past it, without a newer answer, it
             # may be stale (they may have finished), so the guard stops waiting for them.
             trusted = self.level_at + max(self.round_trip_s, self._window_s(limit))
-            ready = max(ready, min(fair, max(ready, self._refill_at(trusted, up=True))))
+            ready = max(ready, min(fair, self._refill_at(trusted, up=True)))
         if ready <= now:
             return 0.0
         # Processes that compute the same refill instant race for it: spread them a little.
